@@ -1,0 +1,52 @@
+"""ReLU and Dropout modules."""
+from .. import backend
+from .. import random as mr_random
+from .checks import check_float
+from .functional.activation import relu_forward, relu_backward, dropout_forward, dropout_backward
+from .module import Module
+
+
+class ReLU(Module):
+    def __init__(self, inplace=False):
+        super().__init__()
+        self.inplace = inplace  # accepted for torch compatibility; minires never aliases
+
+    def forward(self, x):
+        check_float("ReLU", x)
+        y, mask = relu_forward(x)
+        self._save(y, mask)
+        return y
+
+    def backward(self, dy):
+        return relu_backward(dy, self._restore(dy))
+
+    def extra_repr(self):
+        return "inplace=True" if self.inplace else ""
+
+
+class Dropout(Module):
+    """Inverted dropout (torch.nn.Dropout); the identity in eval mode."""
+
+    def __init__(self, p=0.5, inplace=False):
+        super().__init__()
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"Dropout: p must be in [0, 1], got {p}")
+        self.p, self.inplace = float(p), inplace
+
+    def forward(self, x):
+        check_float("Dropout", x)
+        if not self.training or self.p == 0.0:
+            self._save(x, None)
+            return x
+        u = mr_random.generator("dropout").random(x.shape, dtype="float32")
+        u = backend.to_device(u, backend.device_of(x))
+        y, mask = dropout_forward(x, self.p, u)
+        self._save(y, mask)
+        return y
+
+    def backward(self, dy):
+        mask = self._restore(dy)
+        return dy if mask is None else dropout_backward(dy, mask)
+
+    def extra_repr(self):
+        return f"p={self.p}, inplace={self.inplace}"

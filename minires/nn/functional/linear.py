@@ -1,0 +1,17 @@
+"""Fully connected layer: y = x W^T + b."""
+
+
+def linear_forward(x, weight, bias=None):
+    y = x @ weight.T
+    if bias is not None:
+        y += bias
+    return y, (x, weight, bias is not None)
+
+
+def linear_backward(dy, cache):
+    """Returns dx, dW, db (db is None without a bias)."""
+    x, weight, has_bias = cache
+    dx = dy @ weight
+    dw = dy.T @ x
+    db = dy.sum(axis=0) if has_bias else None
+    return dx, dw, db

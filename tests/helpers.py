@@ -1,0 +1,58 @@
+"""Shared test helpers: one comparison rule and torch conversion."""
+import numpy as np
+
+from minires import backend
+
+# rtol per dtype for layer parity (atol = rtol * max|ref|)
+RTOL = {np.dtype(np.float32): 1e-5, np.dtype(np.float64): 1e-10}
+
+
+def to_np(a):
+    """NumPy copy of a minires (NumPy/CuPy) array or a torch tensor."""
+    if hasattr(a, "detach"):
+        return a.detach().cpu().numpy()
+    return backend.to_numpy(a)
+
+
+def assert_close(a, ref, rtol, what=""):
+    """|a - ref| <= atol + rtol*|ref| element-wise, with atol = rtol * max|ref|.
+
+    The absolute floor scales with the reference so values near zero (where
+    a relative test is meaningless) are judged against the tensor's scale.
+    """
+    a, ref = to_np(a), to_np(ref)
+    assert a.shape == ref.shape, f"{what}: shape {a.shape} != reference {ref.shape}"
+    ref64 = ref.astype(np.float64)
+    scale = float(np.max(np.abs(ref64))) if ref.size else 0.0
+    atol = rtol * scale
+    err = np.abs(a.astype(np.float64) - ref64)
+    bound = atol + rtol * np.abs(ref64)
+    bad = err > bound
+    if bad.any():
+        i = np.unravel_index(np.argmax(err - bound), err.shape)
+        raise AssertionError(
+            f"{what}: {int(bad.sum())}/{a.size} elements differ; worst at {i}: "
+            f"{a[i]!r} vs reference {ref[i]!r} (atol={atol:.3g}, rtol={rtol:.3g}, "
+            f"max abs err {err.max():.3g})")
+
+
+def rtol_for(dtype):
+    return RTOL[np.dtype(dtype)]
+
+
+def torch_tensor(a, requires_grad=False):
+    import torch
+    t = torch.from_numpy(np.ascontiguousarray(to_np(a)))
+    return t.requires_grad_(requires_grad)
+
+
+def copy_params_to_torch(mr_module, torch_module):
+    """Load a minires module's state_dict into the matching torch module."""
+    import torch
+    sd = {k: torch.from_numpy(np.array(to_np(v))) for k, v in mr_module.state_dict().items()}
+    torch_module.load_state_dict(sd, strict=True)
+
+
+def random_upstream(rng, shape, dtype):
+    """A random, non-uniform upstream gradient (all-ones would hide BN's dx)."""
+    return rng.standard_normal(shape).astype(dtype)
