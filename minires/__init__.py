@@ -3,8 +3,10 @@ from . import backend, nn
 from .backend import get_array_module, to_device, to_numpy, gpu_available
 from .grad_mode import no_grad, is_grad_enabled
 from .random import manual_seed, get_rng_state, set_rng_state
+from .gradcheck import gradcheck
+from . import optim
 
 __version__ = "0.1.0"
 
 __all__ = ["backend", "nn", "get_array_module", "to_device", "to_numpy", "gpu_available",
-           "no_grad", "is_grad_enabled", "manual_seed", "get_rng_state", "set_rng_state"]
+           "no_grad", "is_grad_enabled", "manual_seed", "get_rng_state", "set_rng_state", "gradcheck", "optim"]

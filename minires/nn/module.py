@@ -231,12 +231,10 @@ class Module:
         return self
 
     def double(self):
-        import numpy
-        return self.to(dtype=numpy.float64)
+        return self.to(dtype="float64")
 
     def float(self):
-        import numpy
-        return self.to(dtype=numpy.float32)
+        return self.to(dtype="float32")
 
     # ---- printing (reads like print(torch_module))
     def extra_repr(self):
@@ -296,7 +294,8 @@ class Sequential(Module):
     def __getitem__(self, i):
         mods = list(self._modules.values())
         if isinstance(i, slice):
-            return Sequential(*mods[i])
+            # torch keeps the children's names: model[1:] prints (1): ..., (2): ...
+            return Sequential(OrderedDict(list(self._modules.items())[i]))
         return mods[i]
 
     def __len__(self):

@@ -30,6 +30,9 @@ class Flatten(Module):
 
 
 class Identity(Module):
+    def __init__(self, *args, **kwargs):
+        super().__init__()  # torch's Identity ignores its arguments too
+
     def forward(self, x):
         self._save(x, None)
         return x

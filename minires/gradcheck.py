@@ -1,0 +1,386 @@
+"""Finite-difference gradient checking for hand-written backward passes.
+
+``gradcheck(module, x)`` compares every gradient a module's ``backward``
+produces (for each floating-point input and each parameter) with central
+differences of the scalar ``sum(f(x) * g)``, where ``g`` is a random,
+non-uniform upstream gradient.  (An all-ones ``g`` would hide bugs such as
+batch norm's missing mean term, whose contribution sums to zero against it.)
+
+Everything runs on a float64 copy, so the checked module is never touched and
+eps can be small.  Between the perturbed calls the checker restores every
+buffer (BatchNorm running statistics) and the state of every ``minires.random``
+stream, so that dropout draws the same mask in every call and the function
+being differentiated is the same one each time.
+
+Tensors of at most ``max_elements`` values are checked element by element;
+larger ones along ``n_directions`` random unit directions ``d``, comparing
+``(L(x + eps d) - L(x - eps d)) / 2eps`` with ``<grad, d>`` (two calls per
+direction instead of two per element), where ``L(x) = sum(f(x) * g)``.
+"""
+import copy
+import inspect
+
+import numpy
+
+from . import backend
+from . import random as mr_random
+
+FLOAT64 = numpy.float64
+
+
+def gradcheck(module_or_function, *inputs, atol=1e-6, rtol=1e-4, eps=1e-6, max_elements=512,
+              n_directions=16, seed=0, raise_exception=True):
+    """Check analytic gradients against central finite differences.
+
+    ``module_or_function`` is either
+
+    * a ``minires.nn.Module``: the checker calls ``m.zero_grad()``,
+      ``y = m(*inputs)`` and ``dx = m.backward(g)``, then reads ``p.grad`` of
+      every parameter.  When ``y`` is 0-d (a loss such as
+      ``CrossEntropyLoss()(logits, target)``) and ``backward`` can be called
+      without arguments, it calls ``m.backward()`` and scales the gradients by
+      the scalar ``g``; or
+    * a pair of callables ``(forward, backward)``: ``forward(*inputs) -> y``
+      and ``backward(dy) -> grads``, where ``grads`` is one array (a single
+      differentiable input) or a tuple with one gradient per floating-point
+      input, in order.  ``backward`` is called right after ``forward`` on the
+      same inputs, so the pair may share a cache through a closure.
+
+    Floating-point inputs are copied to float64 and differentiated; anything
+    else (integer class targets, Python numbers) is passed through untouched.
+    When a module's ``backward`` returns one array it is taken as the gradient
+    of the first input, and the other inputs are held constant.  A single
+    output array is supported (modules with several inputs/outputs are not).
+
+    A value passes when ``|analytic - numeric| <= atol + rtol * |numeric|``.
+    Returns ``{name: worst absolute error}`` (``"input0"``, ``"weight"``,
+    ``"0.bias"`` ...).  On failure raises ``AssertionError`` with a per-tensor
+    report (worst error, where, analytic and numeric values), or returns
+    ``False`` when ``raise_exception=False``.
+    """
+    user_rng_state = mr_random.get_rng_state()
+    try:
+        target = _make_target(module_or_function, user_rng_state)
+        inputs = [_float64_copy(x) for x in inputs]
+        diff_positions = [i for i, x in enumerate(inputs) if _is_float_array(x)]
+        if not diff_positions and not target.parameters():
+            raise ValueError("gradcheck: nothing to differentiate (no floating-point input "
+                             "and no parameter)")
+        rng = numpy.random.default_rng(seed)
+        checks = _run_checks(target, inputs, diff_positions, rng,
+                             atol, rtol, eps, max_elements, n_directions)
+    finally:
+        mr_random.set_rng_state(user_rng_state)
+
+    if all(c.passed for c in checks):
+        return {c.name: c.worst_error for c in checks if c.name is not None}
+    if raise_exception:
+        raise AssertionError(_report(target.label, checks, atol, rtol, eps))
+    return False
+
+
+# --------------------------------------------------------------------------- targets
+class _ModuleTarget:
+    """A float64 deep copy of a module, re-run from identical buffers and RNG."""
+
+    def __init__(self, module, rng_state):
+        self.module = copy.deepcopy(module).to(dtype=FLOAT64)
+        self.label = type(module).__name__
+        self.rng_state = rng_state
+        # (owner module, buffer name, saved copy): restored by assignment before each
+        # call, so in-place updates (running_mean *= ...) and replacements both revert.
+        self.saved_buffers = [(m, k, _copy_value(b)) for m in self.module.modules()
+                              for k, b in m._buffers.items()]
+
+    def parameters(self):
+        return list(self.module.named_parameters())
+
+    def _reset(self):
+        for m, k, saved in self.saved_buffers:
+            setattr(m, k, _copy_value(saved))
+        mr_random.set_rng_state(self.rng_state)
+
+    def forward_only(self, inputs):
+        self._reset()
+        y = self.module(*inputs)
+        self.module.clear_caches()  # run exactly the training code path, but keep nothing
+        return y
+
+    def forward_backward(self, inputs, make_upstream):
+        self._reset()
+        self.module.zero_grad()
+        y = self.module(*inputs)
+        g = make_upstream(y)
+        scale = None
+        if y.ndim == 0 and _callable_without_arguments(self.module.backward):
+            grads = self.module.backward()
+            scale = float(backend.to_numpy(g))
+        else:
+            grads = self.module.backward(g)
+        param_grads = {}
+        for name, p in self.module.named_parameters():
+            param_grads[name] = None if p.grad is None else p.grad
+        if scale is not None:
+            grads = _scale(grads, scale)
+            param_grads = {k: _scale(v, scale) for k, v in param_grads.items()}
+        return y, g, grads, param_grads
+
+
+class _FunctionTarget:
+    """A ``(forward, backward)`` pair of callables, re-run from identical RNG state."""
+
+    def __init__(self, pair, rng_state):
+        self.forward, self.backward = pair
+        self.label = getattr(self.forward, "__name__", "function")
+        self.rng_state = rng_state
+
+    def parameters(self):
+        return []
+
+    def forward_only(self, inputs):
+        mr_random.set_rng_state(self.rng_state)
+        return self.forward(*inputs)
+
+    def forward_backward(self, inputs, make_upstream):
+        mr_random.set_rng_state(self.rng_state)
+        y = self.forward(*inputs)
+        g = make_upstream(y)
+        return y, g, self.backward(g), {}
+
+
+def _make_target(obj, rng_state):
+    from .nn.module import Module  # late import: gradcheck needs nothing else from nn
+    if isinstance(obj, Module):
+        return _ModuleTarget(obj, rng_state)
+    if isinstance(obj, (tuple, list)) and len(obj) == 2 and all(callable(f) for f in obj):
+        return _FunctionTarget(obj, rng_state)
+    raise TypeError("gradcheck: expected a minires.nn.Module or a (forward, backward) pair of "
+                    f"callables, got {type(obj).__name__}")
+
+
+# --------------------------------------------------------------------------- checking
+class _Check:
+    """The outcome for one tensor (or a whole-call problem when ``name`` is None)."""
+
+    def __init__(self, name, elementwise=True, count=0):
+        self.name, self.elementwise, self.count = name, elementwise, count
+        self.note = ""  # e.g. ", no gradient (taken as 0)"
+        self.worst_error, self.n_bad, self.where = 0.0, 0, None
+        self.analytic = self.numeric = None
+        self.problem = None  # a sentence when the tensor could not be compared at all
+
+    @property
+    def passed(self):
+        return self.problem is None and self.n_bad == 0
+
+
+def _run_checks(target, inputs, diff_positions, rng, atol, rtol, eps, max_elements,
+                n_directions):
+    upstream = {}
+
+    def make_upstream(y):
+        if not hasattr(y, "ndim"):
+            raise TypeError(f"gradcheck: the forward returned {type(y).__name__}, "
+                            "expected one array")
+        if y.ndim == 0:  # a loss: any nonzero scalar, sign and size random
+            g = numpy.asarray(rng.uniform(0.5, 1.5) * rng.choice([-1.0, 1.0]))
+        else:
+            g = rng.standard_normal(y.shape)
+        g = backend.to_device(g.astype(FLOAT64), backend.device_of(y))
+        # Copied before backward runs: a backward that reuses y's memory must not change it.
+        upstream["y"] = y.astype(FLOAT64, copy=True)
+        return g
+
+    y, g, input_grads, param_grads = target.forward_backward(inputs, make_upstream)
+    # Host copies now: a later forward may overwrite memory the gradients alias.
+    input_grads = _host_copies(input_grads)
+    param_grads = {k: _host_copies(v) for k, v in param_grads.items()}
+    whole = _Check(None)
+    if y.dtype != FLOAT64:
+        whole.problem = (f"the output is {y.dtype}, not float64, for float64 inputs and "
+                         "parameters: some buffer was allocated in a fixed dtype")
+        return [whole]
+
+    def output():
+        # A copy: Identity or Flatten return views of the input being perturbed.
+        return target.forward_only(inputs).astype(FLOAT64, copy=True)
+
+    def slope(y_up, y_down, step):
+        # sum((f(x+) - f(x-)) * g) / step: differencing outputs before summing avoids
+        # the cancellation of subtracting two large sums.
+        return _dot(y_up - y_down, g) / step
+
+    base, again = upstream["y"], output()
+    if not numpy.isfinite(backend.to_numpy(base)).all():
+        whole.problem = "the forward returned non-finite values (inf or nan)"
+        return [whole]
+    drift = float(backend.to_numpy(abs(again - base).max())) if base.size else 0.0
+    if not drift <= 1e-12 * max(1.0, float(backend.to_numpy(abs(base).max()))):
+        whole.problem = (f"the forward is not reproducible: the same inputs gave outputs "
+                         f"{drift:.3g} apart (randomness or state that gradcheck cannot freeze?)")
+        return [whole]
+
+    per_input = _match_input_grads(input_grads, diff_positions, len(inputs))
+    checks, tensors = [], []
+    for pos in diff_positions:
+        tensors.append((f"input{pos}", inputs[pos], per_input.get(pos, _MISSING)))
+    for name, p in target.parameters():
+        tensors.append((name, p.data, param_grads.get(name)))
+
+    # Each ``value`` is perturbed in place: the float64 input copies and the
+    # parameters of the float64 module copy are the very arrays the forward reads.
+    for name, value, analytic in tensors:
+        elementwise = value.size <= max_elements
+        check = _Check(name, elementwise, value.size if elementwise else n_directions)
+        checks.append(check)
+        if analytic is _MISSING:
+            check.problem = "backward returned no gradient for this input"
+            continue
+        if analytic is None:  # a parameter that got no gradient: numeric decides
+            analytic_np = numpy.zeros(value.shape)
+            check.note = ", no gradient (taken as 0)"
+        else:
+            analytic_np = analytic
+            if analytic_np.shape != tuple(value.shape):
+                check.problem = (f"analytic gradient has shape {analytic_np.shape}, "
+                                 f"expected {tuple(value.shape)}")
+                continue
+        if value.size == 0:
+            continue
+        if elementwise:
+            ana, num, where = _elementwise(output, slope, value, analytic_np, eps)
+        else:
+            ana, num, where = _directional(output, slope, value, analytic_np, eps,
+                                           n_directions, rng)
+        _compare(check, ana, num, where, atol, rtol)
+    return checks
+
+
+_MISSING = object()
+
+
+def _match_input_grads(grads, diff_positions, n_inputs):
+    """{input position: gradient} from what backward returned."""
+    if grads is None:
+        return {}
+    if hasattr(grads, "shape"):
+        return {diff_positions[0]: grads} if diff_positions else {}
+    grads = list(grads)
+    if len(grads) == len(diff_positions):
+        return {p: g for p, g in zip(diff_positions, grads) if g is not None}
+    if len(grads) == n_inputs:
+        return {p: grads[p] for p in diff_positions if grads[p] is not None}
+    raise ValueError(f"gradcheck: backward returned {len(grads)} gradients for "
+                     f"{len(diff_positions)} floating-point inputs")
+
+
+def _elementwise(output, slope, value, analytic_np, eps):
+    """Central differences, one element at a time, perturbing ``value`` in place."""
+    numeric = numpy.empty(value.shape)
+    for idx in numpy.ndindex(*value.shape):
+        orig = float(value[idx])  # a Python float: a CuPy element would be a view
+        up, down = orig + eps, orig - eps
+        value[idx] = up
+        y_up = output()
+        value[idx] = down
+        y_down = output()
+        value[idx] = orig
+        numeric[idx] = slope(y_up, y_down, up - down)  # the step actually taken
+    where = list(numpy.ndindex(*value.shape))
+    return analytic_np.ravel(), numeric.ravel(), where
+
+
+def _directional(output, slope, value, analytic_np, eps, n_directions, rng):
+    """Central differences along random unit directions: L'(x; d) vs <grad, d>."""
+    device = backend.device_of(value)
+    orig = value.copy()
+    ana, num = numpy.empty(n_directions), numpy.empty(n_directions)
+    for k in range(n_directions):
+        d = rng.standard_normal(value.shape)
+        d /= numpy.linalg.norm(d)
+        d_dev = backend.to_device(d, device)
+        value[...] = orig + eps * d_dev
+        y_up = output()
+        value[...] = orig - eps * d_dev
+        y_down = output()
+        num[k] = slope(y_up, y_down, 2 * eps)
+        ana[k] = float((analytic_np * d).sum())
+    value[...] = orig
+    return ana, num, [f"direction {k}" for k in range(n_directions)]
+
+
+def _compare(check, ana, num, where, atol, rtol):
+    err = numpy.abs(ana - num)
+    bound = atol + rtol * numpy.abs(num)
+    bad = ~(err <= bound)  # NaN counts as bad
+    check.n_bad = int(bad.sum())
+    check.worst_error = float("nan") if numpy.isnan(err).any() else float(err.max())
+    # Point at the worst violation when failing, else at the largest error.
+    score = numpy.where(numpy.isnan(err), numpy.inf, err - bound if check.n_bad else err)
+    i = int(numpy.argmax(score))
+    check.where, check.analytic, check.numeric = where[i], float(ana[i]), float(num[i])
+
+
+# --------------------------------------------------------------------------- report
+def _report(label, checks, atol, rtol, eps):
+    lines = [f"gradcheck failed for {label} (float64; pass if |analytic - numeric| <= "
+             f"atol + rtol*|numeric|, atol={atol:g}, rtol={rtol:g}, eps={eps:g}):"]
+    for c in checks:
+        if c.name is None:
+            lines.append(f"  FAIL: {c.problem}")
+            continue
+        scope = (f"{c.count} element(s)" if c.elementwise else
+                 f"{c.count} random direction(s)") + c.note
+        if c.problem is not None:
+            lines.append(f"  {c.name} [{scope}]: FAIL: {c.problem}")
+            continue
+        status = f"FAIL on {c.n_bad}/{c.count}" if c.n_bad else "ok"
+        where = c.where if isinstance(c.where, str) else f"index {c.where}"
+        detail = (f"worst |a-n| = {c.worst_error:.3g}" if c.where is None else
+                  f"worst |a-n| = {c.worst_error:.3g} at {where}: analytic "
+                  f"{c.analytic:.10g}, numeric {c.numeric:.10g}")
+        lines.append(f"  {c.name} [{scope}]: {status}; {detail}")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- helpers
+def _is_float_array(x):
+    return hasattr(x, "dtype") and hasattr(x, "shape") and x.dtype.kind == "f"
+
+
+def _float64_copy(x):
+    return x.astype(FLOAT64, copy=True) if _is_float_array(x) else x
+
+
+def _dot(y, g):
+    """sum(y * g) in float64, as a Python float."""
+    return float(backend.to_numpy((y.astype(FLOAT64) * g).sum()))
+
+
+def _host_copies(a):
+    """float64 NumPy copies of an array, or of each array in a tuple/list."""
+    if a is None:
+        return None
+    if isinstance(a, (tuple, list)):
+        return type(a)(_host_copies(v) for v in a)
+    return numpy.array(backend.to_numpy(a), dtype=FLOAT64, copy=True)
+
+
+def _copy_value(b):
+    return b.copy() if hasattr(b, "copy") else copy.deepcopy(b)
+
+
+def _scale(a, s):
+    if a is None:
+        return None
+    if isinstance(a, (tuple, list)):
+        return type(a)(_scale(v, s) for v in a)
+    return a * s
+
+
+def _callable_without_arguments(fn):
+    try:
+        inspect.signature(fn).bind()
+        return True
+    except (TypeError, ValueError):
+        return False

@@ -1,0 +1,7 @@
+"""Optimisers and learning-rate schedules (torch.optim names and semantics)."""
+from .sgd import SGD, split_decay_groups
+from .schedules import (LRScheduler, MultiStepLR, CosineAnnealingLR, LinearLR, SequentialLR,
+                        OneCycleLR)
+
+__all__ = ["SGD", "split_decay_groups", "LRScheduler", "MultiStepLR", "CosineAnnealingLR",
+           "LinearLR", "SequentialLR", "OneCycleLR"]
