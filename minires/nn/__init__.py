@@ -7,9 +7,11 @@ from .activation import ReLU, Dropout
 from .pooling import MaxPool2d, AvgPool2d, AdaptiveAvgPool2d
 from .shape import Flatten, Identity
 from .loss import CrossEntropyLoss
+from .blocks import ResBlockMLP, ResBlockConv, ResBlockDownSamp
 from . import functional, init
 
 __all__ = ["Module", "Parameter", "Sequential", "Linear", "Conv2d", "BatchNorm1d",
            "BatchNorm2d", "ReLU", "Dropout", "MaxPool2d", "AvgPool2d",
            "AdaptiveAvgPool2d", "Flatten", "Identity", "CrossEntropyLoss",
+           "ResBlockMLP", "ResBlockConv", "ResBlockDownSamp",
            "functional", "init"]
