@@ -1,0 +1,100 @@
+"""Augmentation and normalisation on whole uint8 NHWC batches.
+
+Every function takes a batch at once: no Python loop runs over images.  The
+random ones draw their parameters from a NumPy ``Generator`` (by default the
+``augment`` stream of ``minires.random``), so a seed fixes them.  Each has a
+deterministic twin taking the drawn parameters (``crop_at``, ``flip_where``):
+the loader draws a whole epoch's parameters up front and applies them in its
+background thread, which keeps the result independent of thread timing.
+"""
+import numpy as np
+
+from .. import random as mr_random
+
+# Per-channel mean and standard deviation of CIFAR-10's training pixels (in
+# [0, 1]), the constants torchvision recipes use.
+CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
+CIFAR10_STD = (0.2470, 0.2435, 0.2616)
+
+
+def _check_batch(fn, batch):
+    if not isinstance(batch, np.ndarray) or batch.ndim != 4 or batch.dtype != np.uint8:
+        got = (f"{batch.dtype} array of shape {batch.shape}" if isinstance(batch, np.ndarray)
+               else type(batch).__name__)
+        raise TypeError(f"{fn}: expected a uint8 NumPy array of shape (N, H, W, C), got {got}")
+
+
+def _rng(rng):
+    return mr_random.generator("augment") if rng is None else rng
+
+
+def crop_offsets(n, padding, rng=None):
+    """(n, 2) int64 top-left corners (row, column) in the padded image, each
+    uniform in 0..2*padding."""
+    return _rng(rng).integers(0, 2 * padding + 1, size=(n, 2))
+
+
+def crop_at(batch, offsets, padding=4):
+    """Zero-pad every image by ``padding`` on each side, then cut an H×W window
+    whose top-left corner in the padded image is ``offsets[i]``."""
+    _check_batch("crop_at", batch)
+    n, h, w, c = batch.shape
+    padded = np.zeros((n, h + 2 * padding, w + 2 * padding, c), dtype=batch.dtype)
+    padded[:, padding:padding + h, padding:padding + w] = batch
+    out = np.empty_like(batch)
+    # Loop over the (2p+1)^2 = 81 possible corners, not over images: each
+    # corner copies all its images with one strided slice.
+    span = 2 * padding + 1
+    corner = np.asarray(offsets)[:, 0] * span + np.asarray(offsets)[:, 1]
+    for k in np.unique(corner):
+        idx = np.flatnonzero(corner == k)
+        top, left = divmod(int(k), span)
+        out[idx] = padded[idx, top:top + h, left:left + w]
+    return out
+
+
+def random_crop(batch, padding=4, rng=None):
+    """Pad with zeros by ``padding`` and crop back to H×W at a random offset,
+    drawn per image (torchvision's ``RandomCrop(32, padding=4)``)."""
+    _check_batch("random_crop", batch)
+    return crop_at(batch, crop_offsets(len(batch), padding, rng), padding)
+
+
+def flip_where(batch, mask):
+    """A copy of ``batch`` with the images where ``mask`` is True mirrored
+    left-right."""
+    _check_batch("flip_where", batch)
+    out = batch.copy()
+    out[mask] = batch[mask, :, ::-1]
+    return out
+
+
+def flip_mask(n, p=0.5, rng=None):
+    """(n,) bool: which images to flip, each with probability ``p``."""
+    return _rng(rng).random(n) < p
+
+
+def random_flip(batch, rng=None, p=0.5):
+    """Mirror each image left-right with probability ``p``
+    (torchvision's ``RandomHorizontalFlip``)."""
+    _check_batch("random_flip", batch)
+    return flip_where(batch, flip_mask(len(batch), p, rng))
+
+
+def normalize(batch, mean=CIFAR10_MEAN, std=CIFAR10_STD, dtype=np.float32):
+    """uint8 NHWC -> ``dtype`` NCHW, ``(x / 255 - mean) / std`` per channel
+    (torchvision's ``ToTensor()`` followed by ``Normalize(mean, std)``)."""
+    _check_batch("normalize", batch)
+    c = batch.shape[-1]
+    mean, std = np.asarray(mean, dtype=np.float64), np.asarray(std, dtype=np.float64)
+    if mean.shape != (c,) or std.shape != (c,):
+        raise ValueError(f"normalize: mean and std need {c} values (one per channel), "
+                         f"got {mean.shape} and {std.shape}")
+    # (x / 255 - mean) / std == x * (1 / (255 std)) - mean / std: two in-place
+    # passes over the output and no temporary.
+    scale = (1.0 / (255.0 * std)).astype(dtype).reshape(c, 1, 1)
+    shift = (mean / std).astype(dtype).reshape(c, 1, 1)
+    out = batch.transpose(0, 3, 1, 2).astype(dtype, order="C")
+    out *= scale
+    out -= shift
+    return out
