@@ -4,9 +4,10 @@ from .backend import get_array_module, to_device, to_numpy, gpu_available
 from .grad_mode import no_grad, is_grad_enabled
 from .random import manual_seed, get_rng_state, set_rng_state
 from .gradcheck import gradcheck
-from . import optim, data
+from . import optim, data, models, convert
+from .summary import summary
 
 __version__ = "0.1.0"
 
 __all__ = ["backend", "nn", "get_array_module", "to_device", "to_numpy", "gpu_available",
-           "no_grad", "is_grad_enabled", "manual_seed", "get_rng_state", "set_rng_state", "gradcheck", "optim", "data"]
+           "no_grad", "is_grad_enabled", "manual_seed", "get_rng_state", "set_rng_state", "gradcheck", "optim", "data", "models", "convert", "summary"]

@@ -1,0 +1,219 @@
+"""2-D convolution as im2col + one matrix product, forward and backward.
+
+The idea (Chainer's ``utils/conv.py``): copy every kh x kw window of the
+input into a column buffer ``col``, so the whole convolution becomes a single
+matrix product ``W @ col``.  The backward is the same product transposed, and
+``col2im`` scatters the column gradient back onto the input.
+
+Layout of the column buffer (chosen for speed, measured on CPU):
+
+    col[c, ky, kx, n, oy, ox] = x_padded[n, c, oy*sy + ky*dy, ox*sx + kx*dx]
+
+With the (C, kh, kw) axes first, ``col`` reshapes *without a copy* to a
+(C*kh*kw, N*oh*ow) matrix, so the forward is ONE large product for the whole
+batch -- a shape BLAS runs much faster than N small per-image products -- and
+``dW = dy @ col^T`` is one large product too.  Groups split C and O into G
+blocks; a batched ``matmul`` over a leading G axis does one product per group.
+
+Padding is given as (top, bottom, left, right) so that torch's asymmetric
+``padding="same"`` (extra row/column at the bottom/right) fits the same code.
+Everything here takes ``xp`` from its inputs, so it runs unchanged on CuPy.
+"""
+from ..checks import pair
+from ...backend import get_array_module
+
+
+# ---------------------------------------------------------------- arguments
+
+def conv_padding(padding, kernel_size=None, dilation=(1, 1)):
+    """Padding as (top, bottom, left, right) from an int, a pair (ph, pw), a
+    4-tuple, "valid" or "same" (the last needs ``kernel_size``).
+
+    For "same" the total padding is dilation*(k-1); when that is odd, torch puts
+    the extra row/column at the bottom/right, and so do we."""
+    if isinstance(padding, str):
+        if padding == "valid":
+            return (0, 0, 0, 0)
+        if padding == "same":
+            kh, kw = pair(kernel_size, "kernel_size")
+            dh, dw = pair(dilation, "dilation")
+            total_h, total_w = dh * (kh - 1), dw * (kw - 1)
+            return (total_h // 2, total_h - total_h // 2, total_w // 2, total_w - total_w // 2)
+        raise ValueError(f"padding must be an int, a pair, 'valid' or 'same', got {padding!r}")
+    if isinstance(padding, (tuple, list)) and len(padding) == 4:
+        pads = tuple(int(p) for p in padding)
+    else:
+        ph, pw = pair(padding, "padding")
+        pads = (ph, ph, pw, pw)
+    if min(pads) < 0:
+        raise ValueError(f"padding must be non-negative, got {padding!r}")
+    return pads
+
+
+def conv_output_size(layer, in_hw, kernel_size, stride, padding, dilation):
+    """(oh, ow) of a convolution; a clear ValueError when the dilated kernel does
+    not fit in the padded input (there would be no output pixel at all)."""
+    (h, w), (kh, kw) = in_hw, kernel_size
+    (sh, sw), (dh, dw) = stride, dilation
+    top, bottom, left, right = padding
+    padded = (h + top + bottom, w + left + right)
+    dilated = (dh * (kh - 1) + 1, dw * (kw - 1) + 1)
+    if padded[0] < dilated[0] or padded[1] < dilated[1]:
+        raise ValueError(
+            f"{layer}: the kernel (size {tuple(kernel_size)}, dilation {tuple(dilation)}, so "
+            f"{dilated[0]}x{dilated[1]} pixels) is larger than the padded input "
+            f"({padded[0]}x{padded[1]}: input {h}x{w} plus padding {tuple(padding)}); "
+            f"expected a padded input of at least {dilated[0]}x{dilated[1]}")
+    return (padded[0] - dilated[0]) // sh + 1, (padded[1] - dilated[1]) // sw + 1
+
+
+# ---------------------------------------------------------------- im2col / col2im
+
+def im2col(x, kernel_size, stride=1, padding=0, dilation=1):
+    """(N, C, H, W) -> col of shape (C, kh, kw, N, oh, ow), see the module doc.
+
+    One allocation for ``col`` and a loop over the kh*kw kernel offsets: each
+    offset copies a strided slice of the (padded) input, for all channels,
+    images and output pixels at once."""
+    xp = get_array_module(x)
+    kh, kw = pair(kernel_size, "kernel_size")
+    sh, sw = pair(stride, "stride")
+    dh, dw = pair(dilation, "dilation")
+    top, bottom, left, right = conv_padding(padding)
+    n, c, h, w = x.shape
+    oh, ow = conv_output_size("im2col", (h, w), (kh, kw), (sh, sw), (top, bottom, left, right),
+                              (dh, dw))
+    if top or bottom or left or right:
+        padded = xp.zeros((n, c, h + top + bottom, w + left + right), dtype=x.dtype)
+        padded[:, :, top:top + h, left:left + w] = x
+    else:
+        padded = x  # no padding: read the input itself, no copy
+    # A transposed *view* (C, N, Hp, Wp): each slice below lands in col[:, ky, kx].
+    source = padded.transpose(1, 0, 2, 3)
+
+    col = xp.empty((c, kh, kw, n, oh, ow), dtype=x.dtype)
+    for ky in range(kh):
+        y0 = ky * dh
+        for kx in range(kw):
+            x0 = kx * dw
+            col[:, ky, kx] = source[:, :, y0:y0 + sh * oh:sh, x0:x0 + sw * ow:sw]
+    return col
+
+
+def col2im(col, x_shape, stride=1, padding=0, dilation=1):
+    """The adjoint of ``im2col``: col (C, kh, kw, N, oh, ow) -> (N, C, H, W).
+
+    Each kernel offset *adds* its slice back where im2col read it (windows
+    overlap, so one input pixel collects from several offsets)."""
+    xp = get_array_module(col)
+    c, kh, kw, n, oh, ow = col.shape
+    _, _, h, w = x_shape
+    sh, sw = pair(stride, "stride")
+    dh, dw = pair(dilation, "dilation")
+    top, bottom, left, right = conv_padding(padding)
+
+    # Accumulate in (C, N, Hp, Wp) so the slices line up with col[:, ky, kx].
+    grad = xp.zeros((c, n, h + top + bottom, w + left + right), dtype=col.dtype)
+    for ky in range(kh):
+        y0 = ky * dh
+        for kx in range(kw):
+            x0 = kx * dw
+            grad[:, :, y0:y0 + sh * oh:sh, x0:x0 + sw * ow:sw] += col[:, ky, kx]
+    # Drop the padding and return to NCHW in one copy.
+    grad = grad[:, :, top:top + h, left:left + w].transpose(1, 0, 2, 3)
+    return xp.ascontiguousarray(grad)
+
+
+# ---------------------------------------------------------------- conv2d
+
+def conv2d_forward(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+    """y = conv2d(x, weight) + bias, as torch.nn.functional.conv2d.
+
+    x (N, C, H, W), weight (O, C/groups, kh, kw), bias (O,) or None; stride and
+    dilation an int or a pair; padding an int, a pair, (top, bottom, left,
+    right), "valid" or "same".  Returns ``(y, cache)`` with y (N, O, oh, ow)."""
+    xp = get_array_module(x, weight)
+    n, c, h, w = x.shape
+    o, c_per_group, kh, kw = weight.shape
+    stride, dilation = pair(stride, "stride"), pair(dilation, "dilation")
+    if padding == "same" and stride != (1, 1):
+        raise ValueError(f"conv2d: padding='same' needs stride 1, got stride {stride}")
+    pads = conv_padding(padding, (kh, kw), dilation)
+    if c != c_per_group * groups:
+        raise ValueError(f"conv2d: expected {c_per_group * groups} input channels "
+                         f"(weight {tuple(weight.shape)}, groups={groups}), got shape {tuple(x.shape)}")
+    oh, ow = conv_output_size("conv2d", (h, w), (kh, kw), stride, pads, dilation)
+    g, o_per_group = groups, o // groups
+    w_groups = weight.reshape(g, o_per_group, c_per_group * kh * kw)
+
+    if (kh, kw) == (1, 1) and stride == (1, 1) and pads == (0, 0, 0, 0):
+        # A 1x1 convolution is a matrix product at every pixel: y[n] = W @ x[n].
+        # No im2col, no copy of x: one batched product straight in NCHW.
+        x_mat = x.reshape(n, g, c_per_group, h * w)
+        y = xp.matmul(w_groups, x_mat).reshape(n, o, h, w)
+        if bias is not None:
+            y += bias.reshape(1, o, 1, 1)
+        return y, {"x": x_mat, "weight": weight, "has_bias": bias is not None}
+
+    col = im2col(x, (kh, kw), stride, pads, dilation)
+    col_mat = col.reshape(g, c_per_group * kh * kw, n * oh * ow)  # a view, no copy
+    y_mat = xp.matmul(w_groups, col_mat).reshape(o, n * oh * ow)  # (G, O/G, NP) -> (O, NP)
+    if bias is not None:
+        y_mat += bias.reshape(o, 1)
+    # (O, N, oh, ow) -> NCHW, one copy of the (small) output.
+    y = xp.ascontiguousarray(y_mat.reshape(o, n, oh, ow).transpose(1, 0, 2, 3))
+    cache = {"col": col_mat, "weight": weight, "has_bias": bias is not None,
+             "x_shape": tuple(x.shape), "stride": stride, "padding": pads, "dilation": dilation}
+    return y, cache
+
+
+def conv2d_backward(dy, cache):
+    """Returns (dx, dW, db) for dy = dL/dy (N, O, oh, ow); db is None without a bias.
+
+    With y = W @ col:  dW = dy @ col^T,  dcol = W^T @ dy,  dx = col2im(dcol),
+    and db sums dy over everything except the channel axis.
+
+    The cache is consumed: once dW is computed, col is not needed any more, so
+    dcol is written into col's buffer.  That saves allocating (and page-faulting)
+    a second buffer as large as col: about 8 ms of a ~25 ms product for a
+    75 MB col (CIFAR 16 channels, batch 128) on CPU.  Run conv2d_forward again
+    to backpropagate a second time.  (The 1x1 shortcut keeps a reference to x,
+    not a copy: do not change x in place between forward and backward.)"""
+    xp = get_array_module(dy)
+    weight, has_bias = cache["weight"], cache["has_bias"]
+    o, c_per_group, kh, kw = weight.shape
+    n, _, oh, ow = dy.shape
+    db = dy.sum(axis=(0, 2, 3)) if has_bias else None
+
+    if "x" in cache:  # the 1x1 stride-1 shortcut of conv2d_forward
+        x_mat = cache["x"]
+        g = x_mat.shape[1]
+        w_groups = weight.reshape(g, o // g, c_per_group)
+        dy_mat = dy.reshape(n, g, o // g, oh * ow)
+        # dW = sum over images of dy[n] @ x[n]^T (computed transposed, see below);
+        # dx[n] = W^T @ dy[n]
+        dw_t = xp.matmul(x_mat, dy_mat.transpose(0, 1, 3, 2)).sum(axis=0)  # (G, C/G, O/G)
+        dx = xp.matmul(w_groups.transpose(0, 2, 1), dy_mat)
+        dw = xp.ascontiguousarray(dw_t.transpose(0, 2, 1)).reshape(weight.shape)
+        return dx.reshape(n, g * c_per_group, oh, ow), dw, db
+
+    col_mat = cache.pop("col", None)
+    if col_mat is None:
+        raise RuntimeError("conv2d_backward: this cache was already used by a backward "
+                           "(it reuses the column buffer); run conv2d_forward again")
+    g = col_mat.shape[0]
+    # NCHW -> (O, N*oh*ow) to match col's (K, N*oh*ow): one copy of dy.
+    dy_mat = xp.ascontiguousarray(dy.transpose(1, 0, 2, 3)).reshape(g, o // g, n * oh * ow)
+    w_groups = weight.reshape(g, o // g, c_per_group * kh * kw)
+
+    # dW = dy @ col^T, computed as (col @ dy^T)^T.  Same numbers, but for this
+    # long reduction (N*oh*ow terms into a small O x K result) OpenBLAS runs this
+    # orientation faster: measured 1.1-1.5x on one thread, and with two threads
+    # on a busy machine up to 20x (the other orientation's threads keep waiting
+    # on each other).
+    dw_t = xp.matmul(col_mat, dy_mat.transpose(0, 2, 1))  # (G, K/G, O/G)
+    dw = xp.ascontiguousarray(dw_t.transpose(0, 2, 1)).reshape(weight.shape)
+    dcol = xp.matmul(w_groups.transpose(0, 2, 1), dy_mat, out=col_mat)  # (G, K/G, NP)
+    dcol = dcol.reshape(g * c_per_group, kh, kw, n, oh, ow)
+    dx = col2im(dcol, cache["x_shape"], cache["stride"], cache["padding"], cache["dilation"])
+    return dx, dw, db
