@@ -1,0 +1,114 @@
+"""The ``minires`` command line (also ``python -m minires``).
+
+Each subcommand is a pair of functions registered in ``SUBCOMMANDS``:
+``add_<name>_arguments(parser)`` declares its options and ``run_<name>(args)``
+does the work and returns the exit status.  Adding ``train``, ``eval``,
+``plot`` or ``gradflow`` means writing that pair and one dict entry.
+
+    minires summary resnet18                 # 3x224x224
+    minires summary resnet20                 # 3x32x32 (a CIFAR model)
+    minires summary resnet50 --input-size 3,160,160 --num-classes 100
+"""
+import argparse
+import sys
+
+from . import cli_train
+
+# The names ``summary`` and friends accept, in the order they are listed.
+TORCHVISION_MODELS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "alexnet")
+CIFAR_MODEL_NAMES = ("resnet20", "resnet32", "resnet44", "resnet56", "resnet110", "resnet1202",
+                     "plain20", "plain32", "plain44", "plain56", "plain110")
+MODEL_NAMES = TORCHVISION_MODELS + CIFAR_MODEL_NAMES
+
+
+class CommandError(Exception):
+    """A user error: printed as one line, exit status 2, no traceback."""
+
+
+def default_input_size(model_name):
+    """3x32x32 for the CIFAR nets, 3x224x224 for the ImageNet ones."""
+    return (3, 32, 32) if model_name in CIFAR_MODEL_NAMES else (3, 224, 224)
+
+
+def build_model(name, num_classes=None):
+    """``minires.models.<name>(num_classes=...)``, with a clear error for a typo."""
+    from . import models
+    builder = getattr(models, name, None) if name in MODEL_NAMES else None
+    if builder is None:
+        known = ", ".join(n for n in MODEL_NAMES if hasattr(models, n))
+        raise CommandError(f"unknown model {name!r}; choose one of: {known}")
+    return builder() if num_classes is None else builder(num_classes=num_classes)
+
+
+def parse_input_size(values):
+    """``['3', '32', '32']`` or ``['3,32,32']`` (or ``3x32x32``) -> (3, 32, 32)."""
+    text = " ".join(values).replace(",", " ").replace("x", " ")
+    try:
+        size = tuple(int(v) for v in text.split())
+    except ValueError:
+        raise CommandError(f"--input-size: expected integers C H W, got {' '.join(values)!r}")
+    if len(size) != 3 or min(size) < 1:
+        raise CommandError(f"--input-size: expected three positive integers C H W "
+                           f"(e.g. 3 32 32 or 3,32,32), got {' '.join(values)!r}")
+    return size
+
+
+# ---------------------------------------------------------------- summary
+def add_summary_arguments(p):
+    p.add_argument("model", help="model name: " + ", ".join(MODEL_NAMES))
+    p.add_argument("--input-size", nargs="+", metavar="C H W",
+                   help="input size without the batch, as '3 32 32' or '3,32,32' "
+                        "(default 3x32x32 for CIFAR models, 3x224x224 otherwise)")
+    p.add_argument("--num-classes", type=int, default=None,
+                   help="size of the classifier head (default: the model's own)")
+    p.add_argument("--batch-size", type=int, default=1, help="batch size of the dummy input")
+
+
+def run_summary(args):
+    from .summary import summary
+    size = (parse_input_size(args.input_size) if args.input_size
+            else default_input_size(args.model))
+    model = build_model(args.model, args.num_classes)
+    result = summary(model, size, batch_size=args.batch_size, verbose=False)
+    print(result)
+    return 0
+
+
+# name -> (help, add_arguments, run)
+SUBCOMMANDS = {
+    "train": ("train a model on CIFAR-10 (progress, checkpoints, resume)",
+              cli_train.configure_train, cli_train.run_train),
+    "eval": ("accuracy and loss of a checkpoint on a CIFAR-10 split",
+             cli_train.configure_eval, cli_train.run_eval),
+    "plot": ("PNG of loss, accuracy and learning rate per epoch of a run",
+             cli_train.configure_plot, cli_train.run_plot),
+    "summary": ("per-layer output shapes, parameters and MACs of a model",
+                add_summary_arguments, run_summary),
+}
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="minires", description="ResNets from scratch in NumPy/CuPy, backward by hand.")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name, (help_text, add_arguments, run) in SUBCOMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        add_arguments(p)
+        p.set_defaults(run=run)
+    return parser
+
+
+def main(argv=None):
+    """Entry point of the ``minires`` script; returns the exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.run(args)
+    except CommandError as e:
+        print(f"minires {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
