@@ -1,0 +1,53 @@
+"""``minires plot runs/NAME``: loss, accuracy and learning rate per epoch as a PNG."""
+import json
+import os
+
+
+def require_matplotlib():
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        return plt
+    except ImportError:
+        raise ImportError("plotting needs matplotlib: pip install 'minires[plot]'") from None
+
+
+def read_metrics(run_dir):
+    path = os.path.join(run_dir, "metrics.jsonl")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"no metrics.jsonl in {run_dir}: is it a `minires train` run folder?")
+    with open(path) as f:
+        rows = [json.loads(line) for line in f if line.strip()]
+    if not rows:
+        raise ValueError(f"{path} holds no epochs yet")
+    return rows
+
+
+def plot_run(run_dir, out=None):
+    """Write ``run_dir/curves.png`` (or ``out``) and return its path."""
+    plt = require_matplotlib()
+    rows = read_metrics(run_dir)
+    ep = [r["epoch"] for r in rows]
+    fig, ax = plt.subplots(1, 3, figsize=(13, 3.8))
+    ax[0].plot(ep, [r["train_loss"] for r in rows], "o-", label="train")
+    ax[0].plot(ep, [r["test_loss"] for r in rows], "o-", label="test")
+    ax[0].set_title("loss")
+    ax[1].plot(ep, [100 * r["train_acc"] for r in rows], "o-", label="train")
+    ax[1].plot(ep, [100 * r["test_acc"] for r in rows], "o-", label="test")
+    ax[1].set_title("accuracy (%)")
+    ax[2].plot(ep, [r["lr"] for r in rows], "o-")
+    ax[2].set_title("learning rate (end of epoch)")
+    for a in ax:
+        a.set_xlabel("epoch")
+        a.grid(alpha=0.3)
+    ax[0].legend()
+    ax[1].legend()
+    fig.suptitle(os.path.basename(os.path.normpath(run_dir)))
+    fig.tight_layout()
+    out = out or os.path.join(run_dir, "curves.png")
+    tmp = out + ".tmp.png"
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, out)
+    return out
