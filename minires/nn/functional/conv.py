@@ -15,12 +15,21 @@ batch -- a shape BLAS runs much faster than N small per-image products -- and
 ``dW = dy @ col^T`` is one large product too.  Groups split C and O into G
 blocks; a batched ``matmul`` over a leading G axis does one product per group.
 
+Memory: the cache keeps x, not col (9x larger for a 3x3 kernel); backward
+rebuilds col with one more im2col.  Holding every layer's col from forward to
+backward was most of a training step's memory (884 MiB peak for ResNet-20 at
+batch 128 against torch's 350).  The column buffers are borrowed from
+``workspace`` and handed back right after use, so the same few buffers serve
+every layer and every step: fresh buffers this size cost page faults that
+made the im2col copy ~3x slower inside a training step (measured).
+
 Padding is given as (top, bottom, left, right) so that torch's asymmetric
 ``padding="same"`` (extra row/column at the bottom/right) fits the same code.
 Everything here takes ``xp`` from its inputs, so it runs unchanged on CuPy.
 """
 from ..checks import pair
 from ...backend import get_array_module
+from . import workspace
 
 
 # ---------------------------------------------------------------- arguments
@@ -69,12 +78,12 @@ def conv_output_size(layer, in_hw, kernel_size, stride, padding, dilation):
 
 # ---------------------------------------------------------------- im2col / col2im
 
-def im2col(x, kernel_size, stride=1, padding=0, dilation=1):
+def im2col(x, kernel_size, stride=1, padding=0, dilation=1, out=None):
     """(N, C, H, W) -> col of shape (C, kh, kw, N, oh, ow), see the module doc.
 
-    One allocation for ``col`` and a loop over the kh*kw kernel offsets: each
-    offset copies a strided slice of the (padded) input, for all channels,
-    images and output pixels at once."""
+    One allocation for ``col`` (or ``out``, of that shape and x's dtype) and a
+    loop over the kh*kw kernel offsets: each offset copies a strided slice of
+    the (padded) input, for all channels, images and output pixels at once."""
     xp = get_array_module(x)
     kh, kw = pair(kernel_size, "kernel_size")
     sh, sw = pair(stride, "stride")
@@ -91,7 +100,7 @@ def im2col(x, kernel_size, stride=1, padding=0, dilation=1):
     # A transposed *view* (C, N, Hp, Wp): each slice below lands in col[:, ky, kx].
     source = padded.transpose(1, 0, 2, 3)
 
-    col = xp.empty((c, kh, kw, n, oh, ow), dtype=x.dtype)
+    col = xp.empty((c, kh, kw, n, oh, ow), dtype=x.dtype) if out is None else out
     for ky in range(kh):
         y0 = ky * dh
         for kx in range(kw):
@@ -153,17 +162,20 @@ def conv2d_forward(x, weight, bias=None, stride=1, padding=0, dilation=1, groups
         y = xp.matmul(w_groups, x_mat).reshape(n, o, h, w)
         if bias is not None:
             y += bias.reshape(1, o, 1, 1)
-        return y, {"x": x_mat, "weight": weight, "has_bias": bias is not None}
+        return y, {"x_mat": x_mat, "weight": weight, "has_bias": bias is not None}
 
-    col = im2col(x, (kh, kw), stride, pads, dilation)
+    col = im2col(x, (kh, kw), stride, pads, dilation,
+                 out=workspace.borrow(xp, (c, kh, kw, n, oh, ow), x.dtype))
     col_mat = col.reshape(g, c_per_group * kh * kw, n * oh * ow)  # a view, no copy
     y_mat = xp.matmul(w_groups, col_mat).reshape(o, n * oh * ow)  # (G, O/G, NP) -> (O, NP)
+    del col_mat
+    workspace.give_back(col)  # backward rebuilds it from x (see the module doc)
     if bias is not None:
         y_mat += bias.reshape(o, 1)
     # (O, N, oh, ow) -> NCHW, one copy of the (small) output.
     y = xp.ascontiguousarray(y_mat.reshape(o, n, oh, ow).transpose(1, 0, 2, 3))
-    cache = {"col": col_mat, "weight": weight, "has_bias": bias is not None,
-             "x_shape": tuple(x.shape), "stride": stride, "padding": pads, "dilation": dilation}
+    cache = {"x": x, "weight": weight, "has_bias": bias is not None,
+             "groups": groups, "x_shape": tuple(x.shape), "stride": stride, "padding": pads, "dilation": dilation}
     return y, cache
 
 
@@ -173,20 +185,20 @@ def conv2d_backward(dy, cache):
     With y = W @ col:  dW = dy @ col^T,  dcol = W^T @ dy,  dx = col2im(dcol),
     and db sums dy over everything except the channel axis.
 
-    The cache is consumed: once dW is computed, col is not needed any more, so
-    dcol is written into col's buffer.  That saves allocating (and page-faulting)
-    a second buffer as large as col: about 8 ms of a ~25 ms product for a
-    75 MB col (CIFAR 16 channels, batch 128) on CPU.  Run conv2d_forward again
-    to backpropagate a second time.  (The 1x1 shortcut keeps a reference to x,
-    not a copy: do not change x in place between forward and backward.)"""
+    col is rebuilt from the cached x into a borrowed buffer; once dW is
+    computed col is not needed any more, so dcol is written into the same
+    buffer (no second buffer as large as col).  The cache is consumed (it
+    drops x): run conv2d_forward again to backpropagate a second time.  The
+    cache keeps a reference to x, not a copy: do not change x in place
+    between forward and backward."""
     xp = get_array_module(dy)
     weight, has_bias = cache["weight"], cache["has_bias"]
     o, c_per_group, kh, kw = weight.shape
     n, _, oh, ow = dy.shape
     db = dy.sum(axis=(0, 2, 3)) if has_bias else None
 
-    if "x" in cache:  # the 1x1 stride-1 shortcut of conv2d_forward
-        x_mat = cache["x"]
+    if "x_mat" in cache:  # the 1x1 stride-1 shortcut of conv2d_forward
+        x_mat = cache.pop("x_mat")
         g = x_mat.shape[1]
         w_groups = weight.reshape(g, o // g, c_per_group)
         dy_mat = dy.reshape(n, g, o // g, oh * ow)
@@ -197,11 +209,15 @@ def conv2d_backward(dy, cache):
         dw = xp.ascontiguousarray(dw_t.transpose(0, 2, 1)).reshape(weight.shape)
         return dx.reshape(n, g * c_per_group, oh, ow), dw, db
 
-    col_mat = cache.pop("col", None)
-    if col_mat is None:
+    x = cache.pop("x", None)
+    if x is None:
         raise RuntimeError("conv2d_backward: this cache was already used by a backward "
-                           "(it reuses the column buffer); run conv2d_forward again")
-    g = col_mat.shape[0]
+                           "(it releases its input); run conv2d_forward again")
+    g = cache["groups"]
+    c = x.shape[1]
+    col = im2col(x, (kh, kw), cache["stride"], cache["padding"], cache["dilation"],
+                 out=workspace.borrow(xp, (c, kh, kw, n, oh, ow), x.dtype))
+    col_mat = col.reshape(g, c_per_group * kh * kw, n * oh * ow)
     # NCHW -> (O, N*oh*ow) to match col's (K, N*oh*ow): one copy of dy.
     dy_mat = xp.ascontiguousarray(dy.transpose(1, 0, 2, 3)).reshape(g, o // g, n * oh * ow)
     w_groups = weight.reshape(g, o // g, c_per_group * kh * kw)
@@ -216,4 +232,6 @@ def conv2d_backward(dy, cache):
     dcol = xp.matmul(w_groups.transpose(0, 2, 1), dy_mat, out=col_mat)  # (G, K/G, NP)
     dcol = dcol.reshape(g * c_per_group, kh, kw, n, oh, ow)
     dx = col2im(dcol, cache["x_shape"], cache["stride"], cache["padding"], cache["dilation"])
+    del dcol, col_mat
+    workspace.give_back(col)
     return dx, dw, db
