@@ -12,7 +12,7 @@ does the work and returns the exit status.  Adding ``train``, ``eval``,
 import argparse
 import sys
 
-from . import cli_train
+from . import cli_train, gradflow
 
 # The names ``summary`` and friends accept, in the order they are listed.
 TORCHVISION_MODELS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "alexnet")
@@ -82,6 +82,8 @@ SUBCOMMANDS = {
              cli_train.configure_eval, cli_train.run_eval),
     "plot": ("PNG of loss, accuracy and learning rate per epoch of a run",
              cli_train.configure_plot, cli_train.run_plot),
+    "gradflow": ("gradient norms against depth of CIFAR nets, at init and after K steps (table + PNG)",
+                 gradflow.configure_gradflow, gradflow.run_gradflow),
     "summary": ("per-layer output shapes, parameters and MACs of a model",
                 add_summary_arguments, run_summary),
 }

@@ -102,7 +102,7 @@ def evaluate(model, images, labels, batch_size=500, device="cpu", dtype="float32
     total_loss, correct = 0.0, 0
     with no_grad():
         for i in range(0, len(labels), batch_size):
-            x = backend.to_device(normalize(images[i:i + batch_size]).astype(dtype), device)
+            x = backend.to_device(normalize(images[i:i + batch_size], dtype=np.dtype(dtype)), device)
             y = backend.to_device(labels[i:i + batch_size], device)
             logits = model(x)
             total_loss += float(crit(logits, y)) * len(y)
@@ -123,7 +123,7 @@ def train_step(model, crit, opt, sched, x, y):
     return loss, logits
 
 
-def _probe_step_time(model, cfg, images, labels, steps=4):
+def _probe_step_time(model, cfg, images, labels, steps=8, warmup=2):
     """Seconds per training step and per eval image, timed on a throwaway copy so
     neither the weights nor any random stream of the real run change."""
     from .data import normalize
@@ -133,19 +133,24 @@ def _probe_step_time(model, cfg, images, labels, steps=4):
     sched = optim.MultiStepLR(opt, [], 1.0)
     crit = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
     b = min(cfg.batch_size, len(labels))
-    x = backend.to_device(normalize(images[:b]).astype(cfg.dtype), cfg.device)
+    x = backend.to_device(normalize(images[:b], dtype=np.dtype(cfg.dtype)), cfg.device)
     y = backend.to_device(labels[:b], cfg.device)
     times = []
-    for _ in range(steps + 1):
+    for _ in range(steps + warmup):
         t0 = time.perf_counter()
         float(train_step(probe, crit, opt, sched, x, y)[0])
         times.append(time.perf_counter() - t0)
-    step_time = float(np.median(times[1:]))
+    step_time = float(np.median(times[warmup:]))
     probe.eval()
-    t0 = time.perf_counter()
+    nb = min(cfg.eval_batch_size, len(labels))
+    xe = backend.to_device(normalize(images[:nb], dtype=np.dtype(cfg.dtype)), cfg.device)
+    eval_times = []
     with no_grad():
-        float(probe(x).sum())
-    eval_per_image = (time.perf_counter() - t0) / b
+        for _ in range(2):
+            t0 = time.perf_counter()
+            float(probe(xe).sum())
+            eval_times.append(time.perf_counter() - t0)
+    eval_per_image = min(eval_times) / nb
     mr_random.set_rng_state(rng_state)
     return step_time, eval_per_image
 
@@ -186,8 +191,11 @@ class Trainer:
         if self.test_data is None:
             self.test_data = load_cifar10(self.cfg.data, split="test")[:2]
         if self.cfg.train_subset:
-            n = self.cfg.train_subset
-            self.train_data = (self.train_data[0][:n], self.train_data[1][:n])
+            # a class-balanced, seeded subset (image folders load sorted by class,
+            # so the first n images would be one class)
+            from .data.subset import balanced_sample
+            idx = balanced_sample(self.train_data[1], self.cfg.train_subset, self.cfg.seed)
+            self.train_data = (self.train_data[0][idx], self.train_data[1][idx])
 
     def _setup(self, resume):
         cfg = self.cfg
@@ -247,11 +255,12 @@ class Trainer:
                 break
             loss, logits = train_step(self.model, self.crit, self.opt, self.sched, x, y)
             self.step += 1
-            pending.append(loss * len(y))
-            correct += int((logits.argmax(axis=1) == y).sum())
+            # loss and hits stay on the device; read every 10 steps (one sync, not ten)
+            pending.append((loss * len(y), (logits.argmax(axis=1) == y).sum()))
             seen += len(y)
             if len(pending) == 10 or i == n_batches - 1:
-                window = sum(float(v) for v in pending)
+                window = sum(float(v) for v, _ in pending)
+                correct += sum(int(c) for _, c in pending)
                 self.loss_curve.append(window / (len(pending) * len(y)))
                 loss_sum += window
                 pending.clear()

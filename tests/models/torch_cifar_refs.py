@@ -15,6 +15,7 @@
 Shared by tests/test_train_parity.py and benchmarks/bench_train_parity.py.
 Nothing here compares minires with itself: every reference number is torch's.
 """
+import copy
 import time
 
 import numpy as np
@@ -140,18 +141,42 @@ def state_rel_diffs(mr_model, torch_model):
     return out
 
 
+def perturbed_copy(torch_model, seed):
+    """A deep copy whose every parameter is multiplied by 1 +- eps (the dtype's
+    machine epsilon, sign at random): one rounding error per weight, the size
+    of the differences any two correct implementations start with."""
+    twin = copy.deepcopy(torch_model)
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in twin.parameters():
+            sign = torch.randint(0, 2, p.shape, generator=gen).to(p.dtype) * 2 - 1
+            p.mul_(1 + sign * torch.finfo(p.dtype).eps)
+    return twin
+
+
 def train_in_lockstep(images, labels, steps, batch_size, dtype, seed=0, depth=20,
-                      on_step=None, **cfg_overrides):
+                      schedule_steps=None, control=False, truth=False, on_step=None,
+                      **cfg_overrides):
     """Train minires's CIFAR ResNet and the torch reference side by side.
 
     minires's side is built as ``minires.train.Trainer`` builds it (from a
-    ``TrainConfig``: model, SGD, OneCycle schedule over ``steps``, label-smoothed
+    ``TrainConfig``: model, SGD, OneCycle schedule, label-smoothed
     cross-entropy) and steps with ``train_step``.  The torch model starts from
     minires's initial state_dict.  Each step draws one batch (indices, crop
     corners, flips) from ``np.random.default_rng(seed + 1)``, builds the input
     with minires's crop_at/flip_where/normalize, and feeds that same array to
     both.  The same batch built with torch ops (``torch_augment``) is compared
     with it: ``augment_max_abs_diff``.
+
+    The OneCycle schedule spans ``schedule_steps`` (default ``steps``: the
+    whole cycle within the run; pass a real run's length to take its first
+    steps).  With ``control``, a second torch model starting from weights
+    perturbed by one rounding error (``perturbed_copy``) trains alongside:
+    ``control_rel_err`` per step says how far two runs that differ only by
+    rounding drift apart, a yardstick for minires's error.  With ``truth`` (for
+    float32), a float64 torch copy of the initial weights trains on the same
+    inputs cast up: ``minires_vs_truth`` and ``torch_vs_truth`` per step say
+    which float32 run stays nearer the exact trajectory.
 
     Returns a dict: ``steps`` (per step: lr and momentum used by each side, both
     losses, their relative error, seconds per side), ``state_rel_diff`` (final
@@ -171,15 +196,18 @@ def train_in_lockstep(images, labels, steps, batch_size, dtype, seed=0, depth=20
     model = build_model(cfg.model).to(dtype=np.dtype(dtype))
     model.train()
     opt = build_optimizer(model, cfg)
-    sched = build_schedule(opt, cfg, total_steps=steps, steps_per_epoch=steps)
+    schedule_steps = steps if schedule_steps is None else schedule_steps
+    sched = build_schedule(opt, cfg, total_steps=schedule_steps, steps_per_epoch=schedule_steps)
     crit = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
 
     ref = TorchCifarResNet(depth).to(TORCH_DTYPES[dtype]).train()
     copy_params_to_torch(model, ref)
-    ref_step = TorchTrainStep(ref, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
-                              weight_decay=cfg.weight_decay,
-                              label_smoothing=cfg.label_smoothing, total_steps=steps,
-                              pct_start=cfg.pct_start)
+    recipe = dict(lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
+                  weight_decay=cfg.weight_decay, label_smoothing=cfg.label_smoothing,
+                  total_steps=schedule_steps, pct_start=cfg.pct_start)
+    ref_step = TorchTrainStep(ref, **recipe)
+    ctrl_step = TorchTrainStep(perturbed_copy(ref, seed + 2), **recipe) if control else None
+    truth_step = TorchTrainStep(copy.deepcopy(ref).double(), **recipe) if truth else None
 
     rng = np.random.default_rng(seed + 1)
     order = rng.permutation(len(labels))
@@ -205,11 +233,20 @@ def train_in_lockstep(images, labels, steps, batch_size, dtype, seed=0, depth=20
         t1 = time.perf_counter()
         loss_t = ref_step(torch_tensor(x), torch.from_numpy(y))
         t2 = time.perf_counter()
+        ctrl = {}
+        if ctrl_step is not None:
+            loss_c = ctrl_step(torch_tensor(x), torch.from_numpy(y))
+            ctrl = {"loss_control": loss_c,
+                    "control_rel_err": abs(loss_c - loss_t) / abs(loss_t)}
+        if truth_step is not None:
+            loss_x = truth_step(torch_tensor(x).double(), torch.from_numpy(y))
+            ctrl.update(loss_truth=loss_x, minires_vs_truth=abs(loss_mr - loss_x) / abs(loss_x),
+                        torch_vs_truth=abs(loss_t - loss_x) / abs(loss_x))
         rec = {"step": t + 1, "lr_minires": lr_mr, "lr_torch": lr_t,
                "momentum_minires": mom_mr, "momentum_torch": mom_t,
                "loss_minires": loss_mr, "loss_torch": loss_t,
                "loss_rel_err": abs(loss_mr - loss_t) / abs(loss_t),
-               "seconds_minires": t1 - t0, "seconds_torch": t2 - t1}
+               "seconds_minires": t1 - t0, "seconds_torch": t2 - t1, **ctrl}
         records.append(rec)
         if on_step is not None:
             on_step(rec)
@@ -219,7 +256,15 @@ def train_in_lockstep(images, labels, steps, batch_size, dtype, seed=0, depth=20
     weights = {k: v for k, v in diffs.items() if k in param_names}
     buffers = {k: v for k, v in diffs.items() if k not in param_names}
     worst = max(weights, key=weights.get)
-    return {"steps": records, "state_rel_diff": diffs,
+    extra = {}
+    if ctrl_step is not None:
+        cd = state_rel_diffs(ctrl_step.model, ref)
+        extra["control_max_weight_rel_diff"] = max(cd[k] for k in weights)
+    if truth_step is not None:
+        for who, m in (("minires", model), ("torch", ref)):
+            d = state_rel_diffs(m, truth_step.model)
+            extra[f"{who}_vs_truth_max_weight_rel_diff"] = max(d[k] for k in weights)
+    return {**extra, "schedule_steps": schedule_steps,"steps": records, "state_rel_diff": diffs,
             "max_weight_rel_diff": weights[worst], "worst_weight": worst,
             "max_buffer_rel_diff": max(buffers.values()) if buffers else 0.0,
             "augment_max_abs_diff": aug_diff,
