@@ -11,7 +11,6 @@ import os
 import platform
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -127,18 +126,8 @@ def machine_markdown(info):
 def _atomic_write(path, text):
     """Write through a temporary file in the same folder, then os.replace: a
     reader never sees half a file, even if the benchmark is interrupted."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    from minires.checkpoint import atomic_write_bytes
+    atomic_write_bytes(str(path), text.encode())
 
 
 def write_results(name, rows, markdown, machine=None, extra=None):
