@@ -56,3 +56,18 @@ def copy_params_to_torch(mr_module, torch_module):
 def random_upstream(rng, shape, dtype):
     """A random, non-uniform upstream gradient (all-ones would hide BN's dx)."""
     return rng.standard_normal(shape).astype(dtype)
+
+
+def numerical_grad(f, a, h=1e-6):
+    """Central differences of the scalar f() with respect to array a (in place)."""
+    g = np.zeros_like(a)
+    flat, gflat = a.reshape(-1), g.reshape(-1)
+    for i in range(flat.size):
+        orig = flat[i]
+        flat[i] = orig + h
+        fp = f()
+        flat[i] = orig - h
+        fm = f()
+        flat[i] = orig
+        gflat[i] = (fp - fm) / (2 * h)
+    return g

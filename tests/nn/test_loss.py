@@ -7,7 +7,7 @@ from hypothesis import given, settings, strategies as st
 
 import minires
 from minires import nn
-from tests.helpers import assert_close, rtol_for, torch_tensor
+from tests.helpers import assert_close, numerical_grad, rtol_for, torch_tensor
 
 
 def torch_loss_and_grad(logits, target, dloss=1.0, **kwargs):
@@ -16,21 +16,6 @@ def torch_loss_and_grad(logits, target, dloss=1.0, **kwargs):
     loss = torch.nn.CrossEntropyLoss(**kwargs)(t, torch.from_numpy(np.asarray(target)))
     (loss * dloss).backward()
     return loss, t.grad
-
-
-def numerical_grad(f, a, h=1e-6):
-    """Central differences of the scalar f() with respect to array a (in place)."""
-    g = np.zeros_like(a)
-    flat, gflat = a.reshape(-1), g.reshape(-1)
-    for i in range(flat.size):
-        orig = flat[i]
-        flat[i] = orig + h
-        fp = f()
-        flat[i] = orig - h
-        fm = f()
-        flat[i] = orig
-        gflat[i] = (fp - fm) / (2 * h)
-    return g
 
 
 def random_batch(rng, n, c, dtype, scale=3.0):

@@ -7,8 +7,8 @@ from hypothesis import given, settings, strategies as st
 
 import minires
 from minires import nn
-from tests.helpers import (assert_close, copy_params_to_torch, random_upstream, rtol_for,
-                           to_np, torch_tensor)
+from tests.helpers import (assert_close, copy_params_to_torch, numerical_grad, random_upstream,
+                           rtol_for, to_np, torch_tensor)
 
 TORCH_DTYPE = {np.float32: torch.float32, np.float64: torch.float64}
 
@@ -51,21 +51,6 @@ def torch_step(tm, x, dy):
     dw = tm.weight.grad if tm.weight is not None else None
     db = tm.bias.grad if tm.bias is not None else None
     return ty, tx.grad, dw, db
-
-
-def numerical_grad(f, a, h=1e-6):
-    """Central differences of the scalar f() with respect to array a (in place)."""
-    g = np.zeros_like(a)
-    flat, gflat = a.reshape(-1), g.reshape(-1)
-    for i in range(flat.size):
-        orig = flat[i]
-        flat[i] = orig + h
-        fp = f()
-        flat[i] = orig - h
-        fm = f()
-        flat[i] = orig
-        gflat[i] = (fp - fm) / (2 * h)
-    return g
 
 
 # ---------------------------------------------------------------- finite differences
