@@ -13,7 +13,8 @@ def configure_train(p):
                                   "else ~/.cache/minires/data)")
     p.add_argument("--download", action="store_true", help="fetch the official archive first")
     p.add_argument("--epochs", type=int)
-    p.add_argument("--batch-size", type=int)
+    p.add_argument("--batch-size", type=int,
+                   help="batch size; with --distributed the GLOBAL batch, split across the ranks")
     p.add_argument("--lr", type=float, help="peak learning rate")
     p.add_argument("--schedule", choices=["onecycle", "multistep", "cosine", "constant"])
     p.add_argument("--momentum", type=float)
@@ -30,10 +31,45 @@ def configure_train(p):
     p.add_argument("--max-steps", type=int, help="stop after this many optimiser steps")
     p.add_argument("--train-subset", type=int, help="train on the first N images only")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    d = p.add_argument_group("data-parallel training (launch with mpiexec -n N; needs the mpi extra)")
+    d.add_argument("--distributed", action="store_true",
+                   help="one replica per MPI rank, gradients averaged by allreduce; "
+                        "only rank 0 writes the run folder")
+    d.add_argument("--sync-bn", action="store_true",
+                   help="batch-norm statistics over all ranks' shards (default: per replica)")
+    d.add_argument("--dist-timeout", type=float, metavar="SECONDS",
+                   help="abort every rank when a collective waits this long for a peer "
+                        "(default 300)")
+
+
+def _device_error(device):
+    """A clear message when --device cuda cannot work here, else None."""
+    from . import backend
+    if device != "cuda" or backend.gpu_available():
+        return None
+    if backend.cupy_or_none() is None:
+        return ("--device cuda needs CuPy: pip install 'minires[gpu]' (cupy-cuda12x; see the "
+                "README for other CUDA versions)")
+    return "--device cuda: CuPy is installed but sees no CUDA GPU (check nvidia-smi)"
 
 
 def run_train(args):
     from .train import TrainConfig, Trainer, NonFiniteLoss
+    if (args.sync_bn or args.dist_timeout is not None) and not args.distributed:
+        print("minires train: error: --sync-bn and --dist-timeout need --distributed",
+              file=sys.stderr)
+        return 2
+    err = _device_error(args.device)
+    if err:
+        print(f"minires train: error: {err}", file=sys.stderr)
+        return 2
+    if args.distributed:
+        from .distributed import DistributedError, import_mpi
+        try:
+            import_mpi()
+        except DistributedError as e:
+            print(f"minires train: error: {e}", file=sys.stderr)
+            return 2
     if args.download:
         from .data import download_cifar10, resolve_data_root
         download_cifar10(resolve_data_root(args.data))
@@ -43,15 +79,18 @@ def run_train(args):
                 label_smoothing=args.label_smoothing, warmup_epochs=args.warmup_epochs,
                 device=args.device, seed=args.seed, time_budget=args.time_budget,
                 max_steps=args.max_steps, train_subset=args.train_subset,
-                progress=not args.no_progress)
+                progress=not args.no_progress, distributed=args.distributed,
+                sync_bn=args.sync_bn, dist_timeout=args.dist_timeout)
     cfg = TrainConfig.from_recipe(args.recipe, **over)
     cfg.out = args.out or f"runs/{cfg.model}"
+    trainer = Trainer(cfg)  # a DistributedTrainer (one per rank) with --distributed
     try:
-        hist = Trainer(cfg).run(resume=args.resume)
+        hist = trainer.run(resume=args.resume)
     except NonFiniteLoss as e:
-        print(f"minires train: {e}", file=sys.stderr)
+        if trainer.is_main:
+            print(f"minires train: {e}", file=sys.stderr)
         return 1
-    if hist:
+    if hist and trainer.is_main:
         last = hist[-1]
         print(f"done: {cfg.model}, {last['epoch']} epochs, {last['step']} steps, test accuracy "
               f"{100 * last['test_acc']:.2f}%  (run folder {cfg.out})")
@@ -72,6 +111,10 @@ def run_eval(args):
     from .checkpoint import load_checkpoint
     from .data import load_cifar10
     from .train import build_model, evaluate
+    err = _device_error(args.device)
+    if err:
+        print(f"minires eval: error: {err}", file=sys.stderr)
+        return 2
     state = load_checkpoint(args.checkpoint)
     cfg = state["config"]
     model = build_model(cfg["model"])

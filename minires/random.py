@@ -40,3 +40,21 @@ def get_rng_state():
 def set_rng_state(state):
     for name, st in state.items():
         generator(name).bit_generator.state = st
+
+
+def uniform(stream, shape, like):
+    """float32 draws from U[0, 1) of ``shape``, on the device of the array ``like``.
+
+    On the CPU they come straight from the stream.  On the GPU they are drawn
+    on the device (copying a host draw in would be a host-to-device transfer
+    inside every training step): a cuRAND generator is seeded with one 63-bit
+    integer taken from the host stream.  The host stream's state therefore
+    still decides every draw, so ``get_rng_state``/``set_rng_state`` keep GPU
+    runs reproducible and resumable too.  (GPU and CPU draws differ.)"""
+    from . import backend
+    gen = generator(stream)
+    if not backend.is_cupy_array(like):
+        return gen.random(shape, dtype=numpy.float32)
+    cp = backend.cupy_or_none()
+    seed = int(gen.integers(0, 2 ** 63 - 1))
+    return cp.random.RandomState(seed).random_sample(shape, dtype=numpy.float32)

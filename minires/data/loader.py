@@ -110,11 +110,16 @@ class BatchLoader:
             flips = flip_mask(n, 0.5, arng)
         return order, offsets, flips
 
+    def _batch_slice(self, k):
+        """Where batch k lies in the epoch's order (a distributed loader takes
+        this rank's share of it instead)."""
+        return slice(k * self.batch_size, (k + 1) * self.batch_size)
+
     def _batch_maker(self, plan):
         order, offsets, flips = plan
 
         def make_batch(k):
-            sl = slice(k * self.batch_size, (k + 1) * self.batch_size)
+            sl = self._batch_slice(k)
             idx = order[sl]
             x = self.images[idx]
             if self.augment:

@@ -1,5 +1,4 @@
 """ReLU and Dropout modules."""
-from .. import backend
 from .. import random as mr_random
 from .checks import check_float
 from .functional.activation import relu_forward, relu_backward, dropout_forward, dropout_backward
@@ -38,8 +37,7 @@ class Dropout(Module):
         if not self.training or self.p == 0.0:
             self._save(x, None)
             return x
-        u = mr_random.generator("dropout").random(x.shape, dtype="float32")
-        u = backend.to_device(u, backend.device_of(x))
+        u = mr_random.uniform("dropout", x.shape, like=x)  # drawn on x's device
         y, mask = dropout_forward(x, self.p, u)
         self._save(y, mask)
         return y

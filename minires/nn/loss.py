@@ -19,10 +19,15 @@ class CrossEntropyLoss(Module):
     ``reduce`` and ``reduction='none'`` are not supported (a clear error), and
     targets must be class indices in [0, C) (probability targets and
     ``ignore_index`` entries are rejected).
+
+    ``check_targets`` (not in torch) checks every call that the targets lie in
+    [0, C).  On the GPU that check reads one flag back to the host, a sync in
+    every step, so the trainer checks the whole label set once on the host and
+    turns it off.
     """
 
     def __init__(self, weight=None, size_average=None, ignore_index=-100, reduce=None,
-                 reduction="mean", label_smoothing=0.0):
+                 reduction="mean", label_smoothing=0.0, *, check_targets=True):
         super().__init__()
         if weight is not None:
             raise NotImplementedError(f"{_NAME}: per-class weight is not supported")
@@ -36,6 +41,7 @@ class CrossEntropyLoss(Module):
         self.ignore_index = ignore_index
         self.reduction = reduction
         self.label_smoothing = float(label_smoothing)
+        self.check_targets = bool(check_targets)
 
     def forward(self, logits, target):
         self._check(logits, target)
@@ -84,6 +90,8 @@ class CrossEntropyLoss(Module):
             raise ValueError(f"{_NAME}: expected targets of shape ({n},) (one class index per "
                              f"row of logits {tuple(logits.shape)}), got shape "
                              f"{tuple(target.shape)}")
+        if not self.check_targets:
+            return
         out_of_range = (target < 0) | (target >= c)
         if bool(out_of_range.any()):  # one host read per call (a GPU sync)
             bad = int(target[xp.argmax(out_of_range)])

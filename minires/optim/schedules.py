@@ -124,6 +124,12 @@ class OneCycleLR(LRScheduler):
             g["max_lr"] = m
             g["min_lr"] = g["initial_lr"] / final_div_factor
         self.phase_ends = [float(pct_start * self.total_steps) - 1, float(self.total_steps - 1)]
+        if self.phase_ends[0] == 0 or self.phase_ends[0] == self.phase_ends[1]:
+            # a phase of zero length: torch fails here with a ZeroDivisionError at step 0
+            raise ValueError(
+                f"OneCycleLR: total_steps={self.total_steps} with pct_start={pct_start} gives a "
+                f"phase of zero length (pct_start * total_steps must not be 1 or total_steps); "
+                f"use more steps, another pct_start or another schedule")
         super().__init__(optimizer)
 
     def _anneal(self, start, end, pct):

@@ -7,6 +7,7 @@ Per parameter, every step (as torch):
     g = g + momentum * buf   if nesterov else  g = buf
     p -= lr * g
 """
+from .. import kernels
 from ..backend import get_array_module
 
 _DEFAULTS = ("lr", "momentum", "dampening", "weight_decay", "nesterov")
@@ -60,6 +61,9 @@ class SGD:
             for p in group["params"]:
                 if p.grad is None:
                     continue
+                if kernels.use_for(p.data):  # the same update as one CUDA kernel
+                    self._fused_step(p, lr, mom, damp, wd, nesterov)
+                    continue
                 g = p.grad
                 if wd != 0:
                     g = g + p.data * p.data.dtype.type(wd)
@@ -74,6 +78,19 @@ class SGD:
                     g = g + mom * buf if nesterov else buf
                 # in place: the Parameter keeps its array (and its backend)
                 p.data -= p.data.dtype.type(lr) * g
+
+    def _fused_step(self, p, lr, mom, damp, wd, nesterov):
+        from ..kernels.sgd import sgd_update
+        buf, first = None, True
+        if mom != 0:
+            st = self.state.setdefault(id(p), {})
+            buf = st.get("momentum_buffer")
+            first = buf is None
+            if first:
+                buf = st["momentum_buffer"] = get_array_module(p.data).empty_like(p.data)
+        else:
+            buf = get_array_module(p.data).empty_like(p.data)  # not read or kept
+        sgd_update(p.data, p.grad, buf, lr, wd, mom, damp, nesterov, first)
 
     # ---- checkpoints: parameters are referred to by their position, as torch does
     def _ordered_params(self):

@@ -348,23 +348,4 @@ def test_backward_errors_name_the_block():
     with pytest.raises(RuntimeError, match=r"ResBlockDownSamp\.backward: no cache"):
         block.backward(np.zeros((2, 4, 2, 2), np.float32))
 
-
-# --------------------------------------------------------------------------- GPU
-@pytest.mark.gpu
-@pytest.mark.parametrize("name", list(CASES))
-def test_matches_torch_on_gpu(name):
-    rng = np.random.default_rng(7)
-    block, ref = make_pair(name, np.float32, rng, training=True)
-    block.to("cuda")
-    x = rng.standard_normal(CASES[name][3]).astype(np.float32)
-    x_gpu = minires.to_device(x, "cuda")
-    y = block(x_gpu)
-    g = random_upstream(rng, y.shape, np.float32)
-    dx = block.backward(minires.to_device(g, "cuda"))
-    assert minires.backend.is_cupy_array(y) and minires.backend.is_cupy_array(dx)
-    xt = torch_tensor(x, requires_grad=True)
-    yt = ref(xt)
-    yt.backward(torch_tensor(g))
-    assert_close(y, yt, 1e-4, "output")
-    assert_close(dx, xt.grad, 1e-4, "dX")
-    compare_param_grads(block, ref, 1e-4)
+# The GPU versions of these checks (against torch CUDA) are in tests/gpu/test_models_gpu.py.

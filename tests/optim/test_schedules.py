@@ -81,3 +81,27 @@ def test_state_dict_resume_is_exact():
         s.step()
         s2.step()
         assert mo.param_groups[0]["lr"] == mo2.param_groups[0]["lr"]
+
+
+@pytest.mark.parametrize("total", range(1, 11))
+@pytest.mark.parametrize("pct", [0.1, 0.25, 0.3, 0.5, 1.0])
+def test_one_cycle_short_runs_match_torch_or_fail_clearly(total, pct):
+    """Very short runs: where torch divides by zero (a phase of zero length),
+    minires refuses at construction with a clear message; elsewhere they agree."""
+    mo, to = _pair()
+    kw = dict(max_lr=0.2, total_steps=total, pct_start=pct)
+    try:
+        ts = torch.optim.lr_scheduler.OneCycleLR(to, **kw)
+        lrs = []
+        for _ in range(total):
+            lrs.append(to.param_groups[0]["lr"])
+            to.step()
+            ts.step()
+    except ZeroDivisionError:
+        with pytest.raises(ValueError, match=rf"OneCycleLR: total_steps={total} .*zero length"):
+            OneCycleLR(mo, **kw)
+        return
+    ms = OneCycleLR(mo, **kw)
+    for t in range(total):
+        assert mo.param_groups[0]["lr"] == pytest.approx(lrs[t], rel=1e-12), t
+        ms.step()

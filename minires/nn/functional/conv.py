@@ -29,6 +29,7 @@ Everything here takes ``xp`` from its inputs, so it runs unchanged on CuPy.
 """
 from ..checks import pair
 from ...backend import get_array_module
+from ... import kernels
 from . import workspace
 
 
@@ -92,6 +93,10 @@ def im2col(x, kernel_size, stride=1, padding=0, dilation=1, out=None):
     n, c, h, w = x.shape
     oh, ow = conv_output_size("im2col", (h, w), (kh, kw), (sh, sw), (top, bottom, left, right),
                               (dh, dw))
+    if kernels.use_for(x):  # one CUDA kernel instead of the loop below
+        from ...kernels import conv as cuda_conv
+        return cuda_conv.im2col(x, (kh, kw), (sh, sw), (top, bottom, left, right), (dh, dw),
+                                (oh, ow), out)
     if top or bottom or left or right:
         padded = xp.zeros((n, c, h + top + bottom, w + left + right), dtype=x.dtype)
         padded[:, :, top:top + h, left:left + w] = x
@@ -120,6 +125,9 @@ def col2im(col, x_shape, stride=1, padding=0, dilation=1):
     sh, sw = pair(stride, "stride")
     dh, dw = pair(dilation, "dilation")
     top, bottom, left, right = conv_padding(padding)
+    if kernels.use_for(col):  # a per-pixel gather: one CUDA kernel, same sums
+        from ...kernels import conv as cuda_conv
+        return cuda_conv.col2im(col, x_shape, (sh, sw), (top, bottom, left, right), (dh, dw))
 
     # Accumulate in (C, N, Hp, Wp) so the slices line up with col[:, ky, kx].
     grad = xp.zeros((c, n, h + top + bottom, w + left + right), dtype=col.dtype)

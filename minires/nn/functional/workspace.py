@@ -31,8 +31,12 @@ _count = 0
 _lock = threading.Lock()  # the data loader runs threads; keep the lists consistent
 
 
-def _key(xp, shape, dtype):
-    return (xp.__name__, tuple(int(s) for s in shape), xp.dtype(dtype).str)
+def _key(xp, shape, dtype, device=None):
+    # a CuPy buffer belongs to one GPU: its device is part of the key (for
+    # borrow, the current device, where xp.empty would allocate)
+    if xp.__name__ == "cupy" and device is None:
+        device = xp.cuda.Device().id
+    return (xp.__name__, device, tuple(int(s) for s in shape), xp.dtype(dtype).str)
 
 
 def borrow(xp, shape, dtype):
@@ -55,7 +59,9 @@ def give_back(buf):
     """Make ``buf`` (from ``borrow``) available again.  The caller must not use
     it, or any view of it, afterwards."""
     global _count
-    key = _key(get_array_module(buf), buf.shape, buf.dtype)
+    xp = get_array_module(buf)
+    device = buf.device.id if xp.__name__ == "cupy" else None
+    key = _key(xp, buf.shape, buf.dtype, device)
     with _lock:
         _idle.setdefault(key, []).append(buf)
         _idle.move_to_end(key)
