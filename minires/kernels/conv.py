@@ -51,11 +51,17 @@ _PARAMS = ("int64 n, int64 c, int64 h, int64 w, int64 kh, int64 kw, int64 oh, in
            "int64 sy, int64 sx, int64 pt, int64 pl, int64 dy, int64 dx")
 
 
+# (in, out) parameters of each kernel (tests/test_kernel_sources.py compiles the
+# same bodies as C++ on the CPU)
+IM2COL_SIGNATURE = ("raw T img, " + _PARAMS, "T col")
+COL2IM_SIGNATURE = ("raw T col, " + _PARAMS, "T img")
+
+
 @functools.lru_cache(maxsize=None)
 def _kernels():
     cp = cupy_or_none()
-    im2col = cp.ElementwiseKernel("raw T img, " + _PARAMS, "T col", _IM2COL, "minires_im2col")
-    col2im = cp.ElementwiseKernel("raw T col, " + _PARAMS, "T img", _COL2IM, "minires_col2im")
+    im2col = cp.ElementwiseKernel(*IM2COL_SIGNATURE, _IM2COL, "minires_im2col")
+    col2im = cp.ElementwiseKernel(*COL2IM_SIGNATURE, _COL2IM, "minires_col2im")
     return im2col, col2im
 
 

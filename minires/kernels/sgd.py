@@ -21,11 +21,14 @@ _SGD = r"""
 """
 
 
+# (in, out) parameters; g, p and buf are arrays, the others scalars
+SIGNATURE = ("T g, T lr, T wd, T mom, T damp, bool nesterov, bool first", "T p, T buf")
+
+
 @functools.lru_cache(maxsize=None)
 def _kernel():
     cp = cupy_or_none()
-    return cp.ElementwiseKernel("T g, T lr, T wd, T mom, T damp, bool nesterov, bool first",
-                                "T p, T buf", _SGD, "minires_sgd")
+    return cp.ElementwiseKernel(*SIGNATURE, _SGD, "minires_sgd")
 
 
 def sgd_update(p, g, buf, lr, weight_decay, momentum, dampening, nesterov, first):
