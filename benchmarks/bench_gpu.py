@@ -30,7 +30,7 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
-from benchmarks.machine import machine_info, machine_markdown, write_results  # noqa: E402
+from benchmarks.machine import write_results  # noqa: E402
 
 
 def versions():
@@ -139,10 +139,7 @@ def bench_step(case, rounds, steps):
            "minires_pool_mib": pool.total_bytes() / 2 ** 20,
            "torch_reserved_mib": torch.cuda.max_memory_reserved() / 2 ** 20,
            "torch_allocated_mib": torch.cuda.max_memory_allocated() / 2 ** 20}
-    del mr, ref, opt, topt, xg, yg, xt, yt
-    pool.free_all_blocks()
-    torch.cuda.empty_cache()
-    return row
+    return row  # the models and buffers go with this frame; main() frees the pools
 
 
 # ---------------------------------------------------------------- 60-second runs
@@ -218,6 +215,15 @@ def run_torch(train, test, budget_s):
             "test_acc": correct / len(yte), "images_per_s": steps * 128 / wall}
 
 
+def _free_pools():
+    import cupy
+    import torch
+    from minires.nn.functional import workspace
+    workspace.clear()  # idle im2col buffers of the last model
+    cupy.get_default_memory_pool().free_all_blocks()
+    torch.cuda.empty_cache()
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--data", default=os.environ.get("MINIRES_DATA", os.path.join(ROOT, ".device", "data")),
@@ -234,6 +240,7 @@ def main():
     for case in ("resnet20_b128", "resnet50_b64"):
         rows.append(bench_step(case, args.rounds, args.steps))
         print(rows[-1], flush=True)
+        _free_pools()
     runs = []
     if not args.skip_runs:
         train, test = _split(args.data)
