@@ -10,7 +10,7 @@ from minires.nn import Conv2d
 from minires.nn.functional.conv import (col2im, conv2d_backward, conv2d_forward, conv_padding,
                                         im2col)
 from tests.helpers import (assert_close, copy_params_to_torch, random_upstream, rtol_for, to_np,
-                           torch_tensor)
+                           torch_tensor, numerical_grad)
 
 
 def make_torch_conv(m):
@@ -26,21 +26,10 @@ def make_torch_conv(m):
 # ------------------------------------------------------------ finite differences
 
 def numeric_grad(f, a, eps=1e-3):
-    """Central differences of the scalar f() w.r.t. every element of ``a`` (in place).
-
-    f is linear in each of x, W and b separately, so the central difference has
-    no truncation error and a large eps only shrinks the rounding error."""
-    grad = np.zeros_like(a)
-    flat, gflat = a.reshape(-1), grad.reshape(-1)
-    for i in range(flat.size):
-        old = flat[i]
-        flat[i] = old + eps
-        up = f()
-        flat[i] = old - eps
-        down = f()
-        flat[i] = old
-        gflat[i] = (up - down) / (2 * eps)
-    return grad
+    """Central differences of f() w.r.t. ``a``.  f is linear in each of x, W and
+    b separately, so the central difference has no truncation error and a large
+    eps only shrinks the rounding error."""
+    return numerical_grad(f, a, h=eps)
 
 
 FD_CASES = [  # (batch, in, out, kernel, stride, padding, dilation, groups, size)
