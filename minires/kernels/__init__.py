@@ -9,8 +9,8 @@ its twin, so the fast path can never drift from the readable one.
   per-pixel *gather*: each input pixel sums the column entries that read it,
   in the same order as the twin's loop, so there are no atomics and the result
   is deterministic (bit-identical to the twin).
-* ``sgd.sgd_update``: the whole SGD update (weight decay, momentum, Nesterov,
-  the step) in one kernel per parameter instead of five or six.
+* ``sgd.sgd_update``: the whole momentum-SGD update (weight decay, momentum,
+  Nesterov, the step) in one kernel per parameter instead of five or six.
 
 On a small network such as ResNet-20 a GPU step is dominated by kernel
 launches, which is what these save.  Turn them off with

@@ -34,7 +34,7 @@ def _kernel():
 def sgd_update(p, g, buf, lr, weight_decay, momentum, dampening, nesterov, first):
     """p -= lr * direction, updating the momentum buffer ``buf`` in place
     (``first``: the buffer is set to the gradient, as torch does on step 1).
-    ``buf`` is ignored (but must be an array of p's shape) when momentum is 0."""
+    SGD uses it only with momentum; with momentum 0 ``buf`` is not touched."""
     t = p.dtype.type
     _kernel()(g, t(lr), t(weight_decay), t(momentum), t(dampening), bool(nesterov),
               bool(first), p, buf)

@@ -61,7 +61,7 @@ class SGD:
             for p in group["params"]:
                 if p.grad is None:
                     continue
-                if kernels.use_for(p.data):  # the same update as one CUDA kernel
+                if mom != 0 and kernels.use_for(p.data):  # the same update, one CUDA kernel
                     self._fused_step(p, lr, mom, damp, wd, nesterov)
                     continue
                 g = p.grad
@@ -80,16 +80,13 @@ class SGD:
                 p.data -= p.data.dtype.type(lr) * g
 
     def _fused_step(self, p, lr, mom, damp, wd, nesterov):
+        # (without momentum the plain update is only two array operations)
         from ..kernels.sgd import sgd_update
-        buf, first = None, True
-        if mom != 0:
-            st = self.state.setdefault(id(p), {})
-            buf = st.get("momentum_buffer")
-            first = buf is None
-            if first:
-                buf = st["momentum_buffer"] = get_array_module(p.data).empty_like(p.data)
-        else:
-            buf = get_array_module(p.data).empty_like(p.data)  # not read or kept
+        st = self.state.setdefault(id(p), {})
+        buf = st.get("momentum_buffer")
+        first = buf is None
+        if first:
+            buf = st["momentum_buffer"] = get_array_module(p.data).empty_like(p.data)
         sgd_update(p.data, p.grad, buf, lr, wd, mom, damp, nesterov, first)
 
     # ---- checkpoints: parameters are referred to by their position, as torch does
