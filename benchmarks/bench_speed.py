@@ -314,9 +314,14 @@ def main(argv=None):
                else sorted({1, cores}))
     rng = np.random.default_rng(0)
     layer_rows, step_rows = [], []
+    import minires
     for n in threads:
+        # Each framework gets n cores its own way: torch its intra-op threads;
+        # minires its batch-chunk threads, with numpy's BLAS on one thread
+        # (minires.parallel's design: its threads own the cores).
         torch.set_num_threads(n)
-        with threadpool_limits(limits=n):
+        minires.set_num_threads(n)
+        with threadpool_limits(limits=1):
             if not args.no_layers and str(n) in args.layer_threads.split(","):
                 for spec in LAYERS:
                     row = dict(bench_layer(spec, args.repeats, args.warmup, rng), threads=n)

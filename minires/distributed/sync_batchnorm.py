@@ -92,7 +92,7 @@ class SyncBatchNorm(_BatchNorm):
         y3 = x_centered * scale[:, None]
         if bias is not None:
             y3 += bias[:, None]
-        cache = BatchNormCache(True, x_centered, inv_std, weight, bias is not None, mean, var)
+        cache = BatchNormCache(True, x3, inv_std, weight, bias is not None, mean, var)
         if self.track_running_stats:
             self._update_running_stats(cache, n)
         y = y3.reshape(x.shape)
@@ -115,7 +115,8 @@ class SyncBatchNorm(_BatchNorm):
     def _synced_backward(self, dy3, cache, n):
         xp = get_array_module(dy3)
         c = self.num_features
-        x_centered, inv_std, weight = cache.x_saved, cache.inv_std, cache.weight
+        inv_std, weight = cache.inv_std, cache.weight
+        x_centered = cache.x_saved - cache.mean[:, None]
         sums = xp.empty(2 * c, dtype=dy3.dtype)
         sums[:c] = _channel_sum(dy3)
         sums[c:] = _channel_dot(dy3, x_centered)

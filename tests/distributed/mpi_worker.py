@@ -29,13 +29,13 @@ def _save(out, name, comm, arrays):
 
 def train_consistency(comm, out, sync_bn, n, name):
     # rank 1 starts from other weights: broadcast_state must replace them by rank 0's
-    model = common.tiny_resnet(seed=0 if comm.rank == 0 else 1000)
+    model = common.tiny_resnet(seed=0 if comm.rank == 0 else 1000, dtype=common.CONSISTENCY_DTYPE)
     if sync_bn:
         model = convert_sync_batchnorm(model, comm)
     broadcast_state(model, comm)
     opt, sched, crit = common.make_training(model)
     reducer = GradientAllreducer(model.parameters(), comm)
-    x, y = common.consistency_batches(n)
+    x, y = common.consistency_batches(n, common.CONSISTENCY_DTYPE)
     sampler = DistributedSampler(n, n, comm.rank, comm.world_size, shuffle=False)
     (lo, hi), = sampler.local_slices()
     for k in range(common.K_STEPS):

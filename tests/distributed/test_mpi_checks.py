@@ -30,17 +30,18 @@ def ranks_out(tmp_path_factory):
 
 
 def _single_process(n):
-    model = common.tiny_resnet(seed=0)
+    model = common.tiny_resnet(seed=0, dtype=common.CONSISTENCY_DTYPE)
     opt, sched, crit = common.make_training(model)
-    x, y = common.consistency_batches(n)
+    x, y = common.consistency_batches(n, common.CONSISTENCY_DTYPE)
     for k in range(common.K_STEPS):
         train_step(model, crit, opt, sched, x[k], y[k])
     return model
 
 
-# Three float32 SGD steps: summation order differs between the runs, so the
-# weights agree to rounding noise (measured ~7e-7 of each tensor's scale), not bitwise.
-STEPS_RTOL = 2e-5
+# Three float64 SGD steps (see common.CONSISTENCY_DTYPE): summation order
+# differs between the runs, so the weights agree to rounding noise (measured
+# ~1e-15 of each tensor's scale), not bitwise.
+STEPS_RTOL = 1e-10
 
 
 @pytest.mark.parametrize("name, n", [("train_sync", common.GLOBAL_BATCH),

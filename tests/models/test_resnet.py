@@ -156,8 +156,15 @@ def check_against_torch(mr, ref, x, train, fwd_rtol=FORWARD_RTOL, grad_rtol=GRAD
 # values per channel, and float32 rounding then moves torch's own gradients by
 # 1-4% from its float64 ones (measured at batch 2, 4, and at 96 and 128 pixels),
 # so no float32 implementation could be held to 1e-3 against it.
+#
+# resnet50 in eval mode is checked in float64 as well: in float32, its 64x64
+# input puts a few activations within rounding of a ReLU kink, so whether a
+# mask flips depends on the BLAS kernels of the machine (it passed on AMD
+# EPYC's OpenBLAS kernels and failed, on main as it was, with a Xeon's:
+# 1083 of 12288 dx values moved by a flipped mask, torch against itself
+# would do the same).  resnet18 keeps the float32 check in both modes.
 PARITY_CASES = [("resnet18", True, "float32"), ("resnet18", False, "float32"),
-                ("resnet50", False, "float32"), ("resnet50", True, "float64")]
+                ("resnet50", False, "float64"), ("resnet50", True, "float64")]
 
 
 @pytest.mark.parametrize("name, train, dtype", PARITY_CASES,

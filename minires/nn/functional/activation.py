@@ -1,13 +1,29 @@
-"""ReLU and dropout, forward and backward side by side."""
+"""ReLU and dropout, forward and backward side by side.
+
+ReLU's two passes run in batch chunks on all cores (``minires.parallel``);
+elementwise, so the result is the same on any thread count."""
+from ...backend import get_array_module
+from ... import parallel
 
 
 def relu_forward(x):
-    mask = x > 0  # the gradient at exactly 0 is 0, as in torch
-    return x * mask, mask
+    xp = get_array_module(x)
+    mask = xp.empty(x.shape, dtype=bool)
+    y = xp.empty_like(x)
+
+    def one(s):
+        xp.greater(x[s], 0, out=mask[s])  # the gradient at exactly 0 is 0, as in torch
+        xp.multiply(x[s], mask[s], out=y[s])
+    parallel.map_chunks(one, parallel.batch_slices(x), like=x)
+    return y, mask
 
 
 def relu_backward(dy, mask):
-    return dy * mask
+    xp = get_array_module(dy)
+    dx = xp.empty_like(dy)
+    parallel.map_chunks(lambda s: xp.multiply(dy[s], mask[s], out=dx[s]),
+                        parallel.batch_slices(dy), like=dy)
+    return dx
 
 
 def dropout_forward(x, p, uniform_draw):

@@ -29,7 +29,7 @@ Everything here takes ``xp`` from its inputs, so it runs unchanged on CuPy.
 """
 from ..checks import pair
 from ...backend import get_array_module
-from ... import kernels
+from ... import kernels, parallel
 from . import workspace
 
 
@@ -114,11 +114,12 @@ def im2col(x, kernel_size, stride=1, padding=0, dilation=1, out=None):
     return col
 
 
-def col2im(col, x_shape, stride=1, padding=0, dilation=1):
+def col2im(col, x_shape, stride=1, padding=0, dilation=1, out=None):
     """The adjoint of ``im2col``: col (C, kh, kw, N, oh, ow) -> (N, C, H, W).
 
     Each kernel offset *adds* its slice back where im2col read it (windows
-    overlap, so one input pixel collects from several offsets)."""
+    overlap, so one input pixel collects from several offsets).  With
+    ``out`` (an (N, C, H, W) array, or a view), the result is written there."""
     xp = get_array_module(col)
     c, kh, kw, n, oh, ow = col.shape
     _, _, h, w = x_shape
@@ -127,7 +128,11 @@ def col2im(col, x_shape, stride=1, padding=0, dilation=1):
     top, bottom, left, right = conv_padding(padding)
     if kernels.use_for(col):  # a per-pixel gather: one CUDA kernel, same sums
         from ...kernels import conv as cuda_conv
-        return cuda_conv.col2im(col, x_shape, (sh, sw), (top, bottom, left, right), (dh, dw))
+        result = cuda_conv.col2im(col, x_shape, (sh, sw), (top, bottom, left, right), (dh, dw))
+        if out is None:
+            return result
+        out[...] = result
+        return out
 
     # Accumulate in (C, N, Hp, Wp) so the slices line up with col[:, ky, kx].
     grad = xp.zeros((c, n, h + top + bottom, w + left + right), dtype=col.dtype)
@@ -138,10 +143,28 @@ def col2im(col, x_shape, stride=1, padding=0, dilation=1):
             grad[:, :, y0:y0 + sh * oh:sh, x0:x0 + sw * ow:sw] += col[:, ky, kx]
     # Drop the padding and return to NCHW in one copy.
     grad = grad[:, :, top:top + h, left:left + w].transpose(1, 0, 2, 3)
-    return xp.ascontiguousarray(grad)
+    if out is None:
+        return xp.ascontiguousarray(grad)
+    out[...] = grad
+    return out
 
 
 # ---------------------------------------------------------------- conv2d
+#
+# Both passes run the batch in chunks of a few images (``parallel.batch_chunks``),
+# each chunk start to finish on one thread: im2col into a chunk-sized column
+# buffer, one product, the copy out.  The chunks run on all cores, and even on
+# one core they are faster than one batch-sized piece, because a chunk's column
+# buffer stays in the caches.  The weight gradient (a sum over the batch) is
+# added over the chunks in chunk order, and the chunks depend only on the
+# shapes: any thread count gives the same bits.  ``conv2d_reference`` below is
+# the same convolution as a plain loop, for reading and for the tests.
+
+def _batch_chunks(xp, n, bytes_per_image):
+    if xp.__name__ != "numpy":  # one GPU: one piece, no extra launches
+        return [slice(0, n)]
+    return parallel.batch_chunks(n, bytes_per_image)
+
 
 def conv2d_forward(x, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
     """y = conv2d(x, weight) + bias, as torch.nn.functional.conv2d.
@@ -162,29 +185,45 @@ def conv2d_forward(x, weight, bias=None, stride=1, padding=0, dilation=1, groups
     oh, ow = conv_output_size("conv2d", (h, w), (kh, kw), stride, pads, dilation)
     g, o_per_group = groups, o // groups
     w_groups = weight.reshape(g, o_per_group, c_per_group * kh * kw)
+    y = xp.empty((n, o, oh, ow), dtype=x.dtype)
+    itemsize = x.dtype.itemsize
 
     if (kh, kw) == (1, 1) and stride == (1, 1) and pads == (0, 0, 0, 0):
         # A 1x1 convolution is a matrix product at every pixel: y[n] = W @ x[n].
         # No im2col, no copy of x: one batched product straight in NCHW.
-        x_mat = x.reshape(n, g, c_per_group, h * w)
-        y = xp.matmul(w_groups, x_mat).reshape(n, o, h, w)
-        if bias is not None:
-            y += bias.reshape(1, o, 1, 1)
-        return y, {"x_mat": x_mat, "weight": weight, "has_bias": bias is not None}
+        def pointwise(s):
+            x_mat = x[s].reshape(-1, g, c_per_group, h * w)
+            xp.matmul(w_groups, x_mat, out=y[s].reshape(-1, g, o_per_group, h * w))
+            if bias is not None:
+                y[s] += bias.reshape(1, o, 1, 1)
+        parallel.map_chunks(pointwise, _batch_chunks(xp, n, (c + o) * h * w * itemsize), like=x)
+        return y, {"x_mat": x.reshape(n, g, c_per_group, h * w), "weight": weight,
+                   "has_bias": bias is not None}
 
-    col = im2col(x, (kh, kw), stride, pads, dilation,
-                 out=workspace.borrow(xp, (c, kh, kw, n, oh, ow), x.dtype))
-    col_mat = col.reshape(g, c_per_group * kh * kw, n * oh * ow)  # a view, no copy
-    y_mat = xp.matmul(w_groups, col_mat).reshape(o, n * oh * ow)  # (G, O/G, NP) -> (O, NP)
-    del col_mat
-    workspace.give_back(col)  # backward rebuilds it from x (see the module doc)
-    if bias is not None:
-        y_mat += bias.reshape(o, 1)
-    # (O, N, oh, ow) -> NCHW, one copy of the (small) output.
-    y = xp.ascontiguousarray(y_mat.reshape(o, n, oh, ow).transpose(1, 0, 2, 3))
+    def one_chunk(s):
+        xs = x[s]
+        m = xs.shape[0]
+        col = im2col(xs, (kh, kw), stride, pads, dilation,
+                     out=workspace.borrow(xp, (c, kh, kw, m, oh, ow), x.dtype))
+        col_mat = col.reshape(g, c_per_group * kh * kw, m * oh * ow)  # a view, no copy
+        y_mat = xp.matmul(w_groups, col_mat).reshape(o, m, oh, ow)  # (G, O/G, mP) -> (O, m, ..)
+        del col_mat
+        workspace.give_back(col)  # backward rebuilds it from x (see the module doc)
+        if bias is not None:
+            y_mat += bias.reshape(o, 1, 1, 1)
+        y[s] = y_mat.transpose(1, 0, 2, 3)  # (O, m, oh, ow) -> NCHW, one copy
+
+    parallel.map_chunks(one_chunk, _batch_chunks(xp, n, c * kh * kw * oh * ow * itemsize), like=x)
     cache = {"x": x, "weight": weight, "has_bias": bias is not None,
              "groups": groups, "x_shape": tuple(x.shape), "stride": stride, "padding": pads, "dilation": dilation}
     return y, cache
+
+
+def _sum_in_order(parts):
+    total = parts[0]
+    for p in parts[1:]:
+        total = total + p
+    return total
 
 
 def conv2d_backward(dy, cache):
@@ -203,19 +242,28 @@ def conv2d_backward(dy, cache):
     weight, has_bias = cache["weight"], cache["has_bias"]
     o, c_per_group, kh, kw = weight.shape
     n, _, oh, ow = dy.shape
-    db = dy.sum(axis=(0, 2, 3)) if has_bias else None
+    itemsize = dy.dtype.itemsize
 
     if "x_mat" in cache:  # the 1x1 stride-1 shortcut of conv2d_forward
         x_mat = cache.pop("x_mat")
         g = x_mat.shape[1]
-        w_groups = weight.reshape(g, o // g, c_per_group)
-        dy_mat = dy.reshape(n, g, o // g, oh * ow)
-        # dW = sum over images of dy[n] @ x[n]^T (computed transposed, see below);
-        # dx[n] = W^T @ dy[n]
-        dw_t = xp.matmul(x_mat, dy_mat.transpose(0, 1, 3, 2)).sum(axis=0)  # (G, C/G, O/G)
-        dx = xp.matmul(w_groups.transpose(0, 2, 1), dy_mat)
+        w_t = weight.reshape(g, o // g, c_per_group).transpose(0, 2, 1)
+        dx = xp.empty((n, g * c_per_group, oh, ow), dtype=dy.dtype)
+
+        def pointwise(s):
+            dy_mat = dy[s].reshape(-1, g, o // g, oh * ow)
+            # dW = sum over images of dy[n] @ x[n]^T (computed transposed, see below);
+            # dx[n] = W^T @ dy[n]
+            dw_t = xp.matmul(x_mat[s], dy_mat.transpose(0, 1, 3, 2)).sum(axis=0)  # (G, C/G, O/G)
+            xp.matmul(w_t, dy_mat, out=dx[s].reshape(-1, g, c_per_group, oh * ow))
+            return dw_t, (dy[s].sum(axis=(0, 2, 3)) if has_bias else None)
+
+        parts = parallel.map_chunks(pointwise, _batch_chunks(
+            xp, n, (g * c_per_group + o) * oh * ow * itemsize), like=dy)
+        dw_t = _sum_in_order([p[0] for p in parts])
         dw = xp.ascontiguousarray(dw_t.transpose(0, 2, 1)).reshape(weight.shape)
-        return dx.reshape(n, g * c_per_group, oh, ow), dw, db
+        db = _sum_in_order([p[1] for p in parts]) if has_bias else None
+        return dx, dw, db
 
     x = cache.pop("x", None)
     if x is None:
@@ -223,23 +271,31 @@ def conv2d_backward(dy, cache):
                            "(it releases its input); run conv2d_forward again")
     g = cache["groups"]
     c = x.shape[1]
-    col = im2col(x, (kh, kw), cache["stride"], cache["padding"], cache["dilation"],
-                 out=workspace.borrow(xp, (c, kh, kw, n, oh, ow), x.dtype))
-    col_mat = col.reshape(g, c_per_group * kh * kw, n * oh * ow)
-    # NCHW -> (O, N*oh*ow) to match col's (K, N*oh*ow): one copy of dy.
-    dy_mat = xp.ascontiguousarray(dy.transpose(1, 0, 2, 3)).reshape(g, o // g, n * oh * ow)
-    w_groups = weight.reshape(g, o // g, c_per_group * kh * kw)
+    w_t = weight.reshape(g, o // g, c_per_group * kh * kw).transpose(0, 2, 1)
+    dx = xp.empty(cache["x_shape"], dtype=dy.dtype)
 
-    # dW = dy @ col^T, computed as (col @ dy^T)^T.  Same numbers, but for this
-    # long reduction (N*oh*ow terms into a small O x K result) OpenBLAS runs this
-    # orientation faster: measured 1.1-1.5x on one thread, and with two threads
-    # on a busy machine up to 20x (the other orientation's threads keep waiting
-    # on each other).
-    dw_t = xp.matmul(col_mat, dy_mat.transpose(0, 2, 1))  # (G, K/G, O/G)
+    def one_chunk(s):
+        xs = x[s]
+        m = xs.shape[0]
+        col = im2col(xs, (kh, kw), cache["stride"], cache["padding"], cache["dilation"],
+                     out=workspace.borrow(xp, (c, kh, kw, m, oh, ow), x.dtype))
+        col_mat = col.reshape(g, c_per_group * kh * kw, m * oh * ow)
+        # NCHW -> (O, m*oh*ow) to match col's (K, m*oh*ow): one copy of dy.
+        dy_mat = xp.ascontiguousarray(dy[s].transpose(1, 0, 2, 3)).reshape(g, o // g, m * oh * ow)
+        # dW = dy @ col^T, computed as (col @ dy^T)^T.  Same numbers, but for this
+        # long reduction (m*oh*ow terms into a small O x K result) OpenBLAS runs
+        # this orientation faster (measured 1.1-1.5x on one thread).
+        dw_t = xp.matmul(col_mat, dy_mat.transpose(0, 2, 1))  # (G, K/G, O/G)
+        dcol = xp.matmul(w_t, dy_mat, out=col_mat)  # (G, K/G, mP), into col's buffer
+        col2im(dcol.reshape(c, kh, kw, m, oh, ow), xs.shape, cache["stride"], cache["padding"],
+               cache["dilation"], out=dx[s])
+        del dcol, col_mat
+        workspace.give_back(col)
+        return dw_t, (dy_mat.sum(axis=2).reshape(o) if has_bias else None)
+
+    parts = parallel.map_chunks(one_chunk, _batch_chunks(xp, n, c * kh * kw * oh * ow * itemsize),
+                                like=dy)
+    dw_t = _sum_in_order([p[0] for p in parts])
     dw = xp.ascontiguousarray(dw_t.transpose(0, 2, 1)).reshape(weight.shape)
-    dcol = xp.matmul(w_groups.transpose(0, 2, 1), dy_mat, out=col_mat)  # (G, K/G, NP)
-    dcol = dcol.reshape(g * c_per_group, kh, kw, n, oh, ow)
-    dx = col2im(dcol, cache["x_shape"], cache["stride"], cache["padding"], cache["dilation"])
-    del dcol, col_mat
-    workspace.give_back(col)
+    db = _sum_in_order([p[1] for p in parts]) if has_bias else None
     return dx, dw, db

@@ -4,17 +4,22 @@ BatchNorm1d's (N, C) and (N, C, L) inputs and BatchNorm2d's (N, C, H, W) all
 reshape to (N, C, M) (M = 1, L or H*W), so one op serves both: statistics are
 per channel, over axes 0 and 2, n = N*M values each.
 
-Speed notes (memory traffic dominates): reductions run over the contiguous
-axis 2 first, then over N (pairwise summation along M keeps float32 sums
-accurate); sums of products use einsum, which needs no temporary; per-channel
-factors are folded into one scale and one shift, so the normalised input is
-never materialised (the cache keeps ``x - mean`` and the per-channel inverse
-std instead of x-hat).  Every array keeps the input's dtype: Python-float
-constants do not promote float32 to float64.
+Speed notes (memory traffic dominates): every pass over the (N, C, M) data
+runs in batch chunks on all cores (``minires.parallel``), and per-channel
+sums are added over the chunks in chunk order, so any thread count gives the
+same bits.  Reductions run over the contiguous axis 2 first, then over N
+(pairwise summation along M keeps float32 sums accurate); sums of products
+use einsum.  The normalised input is never materialised: the cache keeps x
+itself (no copy) with the per-channel mean and inverse std, and ``x - mean``
+exists only a chunk at a time, while that chunk is in the CPU's cache.  So
+the forward reads x twice and writes y once; the backward reads dy and x
+twice and writes dx once.  Every array keeps the input's dtype:
+Python-float constants do not promote float32 to float64.
 """
 from collections import namedtuple
 
 from ...backend import get_array_module
+from ... import parallel
 
 BatchNormCache = namedtuple(
     "BatchNormCache",
@@ -23,8 +28,8 @@ BatchNormCache.__doc__ = """What batch_norm_backward needs, and the statistics u
 
 batch_stats: True when the batch's own statistics normalised x (training, or
     no running statistics); False when fixed running statistics did (eval).
-x_saved:     with batch statistics, x - mean (N, C, M); in eval, x itself
-    when dweight is needed (it is centred in backward), else None.
+x_saved:     the input x (N, C, M), not a copy (backward centres it a chunk
+    at a time); in eval None when dweight is not needed.
 inv_std:     1 / sqrt(var + eps), shape (C,).
 weight:      gamma (C,), or None without affine.
 mean, var:   the per-channel statistics used (biased variance for batch
@@ -32,16 +37,61 @@ mean, var:   the per-channel statistics used (biased variance for batch
 """
 
 
+def _in_order(parts):
+    total = parts[0]
+    for p in parts[1:]:
+        total = total + p
+    return total
+
+
 def _channel_sum(a):
     """Sum of a (N, C, M) array over N and M -> (C,): along the contiguous M
     first (pairwise, accurate), then over the batch."""
-    return a.sum(axis=2).sum(axis=0)
+    return _in_order(parallel.map_chunks(lambda s: a[s].sum(axis=2).sum(axis=0),
+                                         parallel.batch_slices(a), like=a))
 
 
 def _channel_dot(a, b):
     """sum over N and M of a*b -> (C,), without an (N, C, M) temporary."""
     xp = get_array_module(a)
-    return xp.einsum("ncm,ncm->nc", a, b).sum(axis=0)
+    return _in_order(parallel.map_chunks(
+        lambda s: xp.einsum("ncm,ncm->nc", a[s], b[s]).sum(axis=0),
+        parallel.batch_slices(a), like=a))
+
+
+def _affine(x, scale, shift, out=None):
+    """out = x * scale + shift per channel, by batch chunks (shift may be None)."""
+    xp = get_array_module(x)
+    out = xp.empty_like(x) if out is None else out
+
+    def one(s):
+        xp.multiply(x[s], scale[:, None], out=out[s])
+        if shift is not None:
+            out[s] += shift[:, None]
+    parallel.map_chunks(one, parallel.batch_slices(x), like=x)
+    return out
+
+
+def _mean_var(x):
+    """Per-channel mean and biased variance of x (N, C, M), in one pass over
+    memory: each batch chunk's count, mean and centred sum of squares (two
+    passes over the chunk while it is in the cache), then Chan et al.'s
+    formula combines the chunks in order.  Centred sums, never
+    E[x^2] - mean^2, which cancels badly in float32."""
+    xp = get_array_module(x)
+
+    def one(s):
+        xs = x[s]
+        count = xs.shape[0] * xs.shape[2]
+        mean = xs.sum(axis=2).sum(axis=0) * (1.0 / count)
+        centred = xs - mean[:, None]
+        return count, mean, xp.einsum("ncm,ncm->nc", centred, centred).sum(axis=0)
+
+    parts = parallel.map_chunks(one, parallel.batch_slices(x), like=x)
+    n = sum(p[0] for p in parts)
+    mean = _in_order([p[1] * (p[0] / n) for p in parts])
+    m2 = _in_order([p[2] + (p[1] - mean) ** 2 * p[0] for p in parts])
+    return mean, m2 * (1.0 / n)
 
 
 def batch_norm_forward(x, weight, bias, eps=1e-5, running_mean=None, running_var=None):
@@ -52,31 +102,31 @@ def batch_norm_forward(x, weight, bias, eps=1e-5, running_mean=None, running_var
     statistics); otherwise with the given running statistics (eval).
     ``weight``/``bias`` (C,) may be None (no affine / no bias).
     """
-    if running_mean is None:
-        n = x.shape[0] * x.shape[2]
-        mean = _channel_sum(x) * (1.0 / n)
-        x_centered = x - mean[:, None]
-        # Two-pass (centred) variance: E[x^2] - mean^2 cancels badly in float32.
-        var = _channel_dot(x_centered, x_centered) * (1.0 / n)
-        batch_stats = True
+    xp = get_array_module(x)
+    batch_stats = running_mean is None
+    if batch_stats:
+        mean, var = _mean_var(x)
     else:
         mean, var = running_mean, running_var
-        batch_stats = False
     inv_std = 1.0 / (var + eps) ** 0.5
 
     scale = inv_std if weight is None else weight * inv_std
     if batch_stats:
-        y = x_centered * scale[:, None]
-        if bias is not None:
-            y += bias[:, None]
-        x_saved = x_centered
+        y = xp.empty_like(x)
+
+        def one(s):  # y = (x - mean) * scale + bias, a chunk at a time
+            xp.subtract(x[s], mean[:, None], out=y[s])
+            y[s] *= scale[:, None]
+            if bias is not None:
+                y[s] += bias[:, None]
+        parallel.map_chunks(one, parallel.batch_slices(x), like=x)
+        x_saved = x
     else:
         # y = (x - mean) * scale + bias = x * scale + shift: two passes over x.
         shift = -mean * scale
         if bias is not None:
             shift += bias
-        y = x * scale[:, None]
-        y += shift[:, None]
+        y = _affine(x, scale, shift)
         x_saved = x if weight is not None else None
     cache = BatchNormCache(batch_stats, x_saved, inv_std, weight, bias is not None,
                            mean, var)
@@ -92,28 +142,40 @@ def batch_norm_backward(dy, cache):
         a = gamma*inv_std,  c = -a*sum(dy)/n,  b = -gamma*inv_std^2*sum(dy*xhat)/n.
     Eval (fixed running statistics): the layer is affine, dx = dy*gamma*inv_std.
     """
-    batch_stats, x_saved, inv_std, weight, has_bias, mean, _ = cache
+    xp = get_array_module(dy)
+    batch_stats, x, inv_std, weight, has_bias, mean, _ = cache
     n = dy.shape[0] * dy.shape[2]
     a = inv_std if weight is None else weight * inv_std
     need_dweight = weight is not None
 
-    dbias = _channel_sum(dy) if (has_bias or batch_stats) else None
-
     if not batch_stats:
-        dx = dy * a[:, None]
+        dx = _affine(dy, a, None)
         dweight = None
         if need_dweight:
-            x_centered = x_saved - mean[:, None]
+            x_centered = x - mean[:, None]
             dweight = _channel_dot(dy, x_centered) * inv_std
-        return dx, dweight, dbias if has_bias else None
+        dbias = _channel_sum(dy) if has_bias else None
+        return dx, dweight, dbias
 
-    x_centered = x_saved
-    dy_dot_xhat = _channel_dot(dy, x_centered) * inv_std  # = dweight
+    def sums(s):  # sum(dy) and sum(dy * (x - mean)) of a chunk: one read of dy and x
+        dys = dy[s]
+        return (dys.sum(axis=2).sum(axis=0),
+                xp.einsum("ncm,ncm->nc", dys, x[s] - mean[:, None]).sum(axis=0))
+
+    parts = parallel.map_chunks(sums, parallel.batch_slices(dy), like=dy)
+    dbias = _in_order([p[0] for p in parts])
+    dy_dot_xhat = _in_order([p[1] for p in parts]) * inv_std  # = dweight
     b = a * inv_std * dy_dot_xhat * (-1.0 / n)
     c = a * dbias * (-1.0 / n)
-    dx = dy * a[:, None]
-    dx += x_centered * b[:, None]
-    dx += c[:, None]
+    dx = xp.empty_like(dy)
+
+    def one(s):  # dx = a*dy + b*(x - mean) + c, a chunk at a time
+        centred = x[s] - mean[:, None]
+        centred *= b[:, None]
+        xp.multiply(dy[s], a[:, None], out=dx[s])
+        dx[s] += centred
+        dx[s] += c[:, None]
+    parallel.map_chunks(one, parallel.batch_slices(dy), like=dy)
     dweight = dy_dot_xhat if need_dweight else None
     return dx, dweight, dbias if has_bias else None
 
