@@ -12,7 +12,7 @@ does the work and returns the exit status.  Adding ``train``, ``eval``,
 import argparse
 import sys
 
-from . import cli_train, gradflow
+from . import cli_train, gradflow, parallel
 
 # The names ``summary`` and friends accept, in the order they are listed.
 TORCHVISION_MODELS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "alexnet")
@@ -51,6 +51,24 @@ def parse_input_size(values):
         raise CommandError(f"--input-size: expected three positive integers C H W "
                            f"(e.g. 3 32 32 or 3,32,32), got {' '.join(values)!r}")
     return size
+
+
+def add_threads_argument(p):
+    p.add_argument("--threads", metavar="N",
+                   help=f"CPU threads to use (default: ${parallel.ENV_VAR} if set, else every "
+                        f"core this process may use: {parallel.available_cores()} here)")
+
+
+def apply_threads(args):
+    """--threads N (or $MINIRES_NUM_THREADS) -> minires.set_num_threads, checked
+    before any data is loaded; a bad value is a CommandError."""
+    try:
+        if getattr(args, "threads", None) is not None:
+            parallel.set_num_threads(args.threads)
+        else:
+            parallel.get_num_threads()  # reads and checks the environment variable
+    except ValueError as e:
+        raise CommandError(str(e).replace("minires.set_num_threads", "--threads"))
 
 
 # ---------------------------------------------------------------- summary
@@ -97,6 +115,7 @@ def build_parser():
     for name, (help_text, add_arguments, run) in SUBCOMMANDS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)
         add_arguments(p)
+        add_threads_argument(p)
         p.set_defaults(run=run)
     return parser
 
@@ -106,6 +125,7 @@ def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        apply_threads(args)
         return args.run(args)
     except CommandError as e:
         print(f"minires {args.command}: error: {e}", file=sys.stderr)

@@ -29,9 +29,11 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 
 ENV_VAR = "MINIRES_NUM_THREADS"
-CHUNK_BYTES = 4 << 20  # the working set of one chunk: fits a core's share of the caches
+CHUNK_BYTES = 4 << 20  # a convolution chunk's column buffer: fits a core's share of the caches
+PASS_CHUNK_BYTES = 1 << 20  # a chunk of a memory-bound pass (batch norm, ReLU)
 
 _num_threads = None
+_chosen = False  # set_num_threads was called (the default may then not change it)
 _pool = None
 _pool_lock = threading.Lock()
 _blas_limited = False
@@ -69,13 +71,28 @@ def get_num_threads():
 
 def set_num_threads(n):
     """Use ``n`` threads (>= 1) for minires's CPU ops from now on."""
-    global _num_threads, _pool
+    global _num_threads, _pool, _chosen
     n = _parse_threads(n, "minires.set_num_threads")
+    _chosen = True
     with _pool_lock:
         if _pool is not None and n != _num_threads:
             _pool.shutdown(wait=True)
             _pool = None
         _num_threads = n
+
+
+def threads_were_chosen():
+    """True when the user chose the thread count (set_num_threads or the
+    environment variable), False while minires uses its default."""
+    return _chosen or bool(os.environ.get(ENV_VAR, "").strip())
+
+
+def share_cores(processes):
+    """Default for ``processes`` ranks on one machine: each takes its share of
+    the cores (MPI training), unless the user chose a thread count."""
+    global _num_threads
+    if not threads_were_chosen():
+        _num_threads = max(1, available_cores() // max(1, processes))
 
 
 # ---------------------------------------------------------------- BLAS threads
@@ -126,7 +143,7 @@ def limit_blas_threads():
 
 # ---------------------------------------------------------------- chunks
 
-def batch_chunks(n, bytes_per_item, chunk_bytes=CHUNK_BYTES):
+def batch_chunks(n, bytes_per_item, chunk_bytes=None):
     """Split ``range(n)`` into slices of about ``chunk_bytes`` of work each.
 
     Depends only on the shapes, not on the thread count: that is what makes
@@ -134,18 +151,19 @@ def batch_chunks(n, bytes_per_item, chunk_bytes=CHUNK_BYTES):
     faster on ONE core (measured: a 16-channel 3x3 convolution's im2col and
     product at batch 128 took 32 ms as one piece, 17 ms in chunks of 8
     images), because each chunk's column buffer stays in the caches."""
+    chunk_bytes = CHUNK_BYTES if chunk_bytes is None else chunk_bytes
     size = max(1, min(n, int(chunk_bytes // max(1, bytes_per_item))))
     return [slice(i, min(i + size, n)) for i in range(0, n, size)]
 
 
-def batch_slices(a, chunk_bytes=1 << 20):
+def batch_slices(a, chunk_bytes=None):
     """Chunks of the batch (first) axis of ``a`` for a memory-bound pass over
     it (an elementwise op or a reduction), about ``chunk_bytes`` of ``a``
     each; one piece for a CuPy array.  Shape-determined, as batch_chunks."""
     n = a.shape[0] if a.ndim else 0
     if type(a).__module__.startswith("cupy") or n == 0:
         return [slice(None)]
-    return batch_chunks(n, a.nbytes // n, chunk_bytes)
+    return batch_chunks(n, a.nbytes // n, PASS_CHUNK_BYTES if chunk_bytes is None else chunk_bytes)
 
 
 def _get_pool(threads):

@@ -176,3 +176,11 @@ class MPIComm:
             return node.Get_rank()
         finally:
             node.Free()
+
+    def local_size(self):
+        """How many ranks run on this rank's machine (to share its cores)."""
+        node = self.comm.Split_type(self.MPI.COMM_TYPE_SHARED)
+        try:
+            return node.Get_size()
+        finally:
+            node.Free()

@@ -13,7 +13,7 @@ import traceback
 
 import numpy as np
 
-from .. import backend
+from .. import backend, parallel
 from ..train import NonFiniteLoss, Trainer, _probe_step_time, build_model, evaluate
 from .allreduce import GradientAllreducer, broadcast_state
 from .comm import MPIComm
@@ -66,6 +66,9 @@ class DistributedTrainer(Trainer):
         self.comm = comm if comm is not None else make_communicator(cfg.device, cfg.dist_timeout)
         self.rank, self.world_size = self.comm.rank, self.comm.world_size
         self.is_main = self.rank == 0
+        if cfg.device == "cpu" and hasattr(self.comm, "local_size"):
+            # ranks on one machine share its cores (unless --threads/MINIRES_NUM_THREADS)
+            parallel.share_cores(self.comm.local_size())
         super().__init__(cfg, train_data, test_data, log=log if self.is_main else _silent)
 
     # ---- setup

@@ -2,8 +2,16 @@
 import argparse
 import sys
 
+from ..cli import CommandError, add_threads_argument, apply_threads
 from .command import configure_gradflow, run_gradflow
 
 parser = argparse.ArgumentParser(prog="minires gradflow")
 configure_gradflow(parser)
-sys.exit(run_gradflow(parser.parse_args()))
+add_threads_argument(parser)
+args = parser.parse_args()
+try:
+    apply_threads(args)
+    sys.exit(run_gradflow(args))
+except CommandError as e:
+    print(f"minires gradflow: error: {e}", file=sys.stderr)
+    sys.exit(2)
