@@ -326,3 +326,36 @@ def test_module_on_gpu_matches_torch():
     assert_close(to_np(dx), tx.grad, 1e-10, "dx")
     assert_close(to_np(m.weight.grad), t.weight.grad, 1e-10, "dW")
     assert_close(to_np(m.bias.grad), t.bias.grad, 1e-10, "db")
+
+
+# ---------------------------------------------------------------- the reference convolution
+
+@settings(max_examples=25, deadline=None)
+@given(st.data())
+def test_fast_conv_equals_the_reference_loop(data):
+    """conv2d_forward/backward (chunked im2col, dx as a convolution of dy for
+    stride 1) against conv2d_reference, in float64, over strides, paddings
+    and dilations, with enough images for several chunks."""
+    from minires import parallel
+    from minires.nn.functional.conv import conv2d_reference
+    k = data.draw(st.integers(1, 3), "k")
+    stride, dilation = data.draw(st.integers(1, 2), "stride"), data.draw(st.integers(1, 2), "dil")
+    padding = data.draw(st.integers(0, 3), "padding")
+    size = data.draw(st.integers(dilation * (k - 1) + 1, 7), "size")
+    n, c, o = data.draw(st.integers(1, 9), "n"), data.draw(st.integers(1, 3), "c"), 2
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**16), "seed"))
+    x = rng.standard_normal((n, c, size, size))
+    w = rng.standard_normal((o, c, k, k))
+    y_ref, backward = conv2d_reference(x, w, stride, padding, dilation)
+    dy = rng.standard_normal(y_ref.shape)
+    old = parallel.CHUNK_BYTES
+    parallel.CHUNK_BYTES = 8 * c * k * k * y_ref.shape[2] * y_ref.shape[3] * 2  # chunks of 2 images
+    try:
+        y, cache = conv2d_forward(x, w, None, stride, padding, dilation)
+        dx, dw, _ = conv2d_backward(dy, cache)
+    finally:
+        parallel.CHUNK_BYTES = old
+    np.testing.assert_allclose(y, y_ref, rtol=1e-12, atol=1e-12)
+    dx_ref, dw_ref = backward(dy)
+    np.testing.assert_allclose(dx, dx_ref, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(dw, dw_ref, rtol=1e-12, atol=1e-12)

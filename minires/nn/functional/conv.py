@@ -333,3 +333,38 @@ def conv2d_backward(dy, cache):
     dw = xp.ascontiguousarray(dw_t.transpose(0, 2, 1)).reshape(weight.shape)
     db = _sum_in_order([p[1] for p in parts]) if has_bias else None
     return dx, dw, db
+
+
+# ---------------------------------------------------------------- reference
+
+def conv2d_reference(x, weight, stride=1, padding=0, dilation=1):
+    """The same convolution (one group, no bias) as plain index arithmetic, for
+    reading: one einsum per kernel offset.  Returns (y, backward) where
+    ``backward(dy) -> (dx, dW)``.  Slow; the tests check the fast path above
+    against it."""
+    xp = get_array_module(x, weight)
+    (sh, sw), (dh, dw_) = pair(stride, "stride"), pair(dilation, "dilation")
+    top, bottom, left, right = conv_padding(padding, weight.shape[2:], (dh, dw_))
+    n, c, h, w = x.shape
+    o, _, kh, kw = weight.shape
+    oh, ow = conv_output_size("conv2d_reference", (h, w), (kh, kw), (sh, sw),
+                              (top, bottom, left, right), (dh, dw_))
+    x_pad = xp.zeros((n, c, h + top + bottom, w + left + right), dtype=x.dtype)
+    x_pad[:, :, top:top + h, left:left + w] = x
+
+    def window(a, ky, kx):  # a[n, c, oy*sh + ky*dh, ox*sw + kx*dw] for every (oy, ox)
+        return a[:, :, ky * dh:ky * dh + sh * oh:sh, kx * dw_:kx * dw_ + sw * ow:sw]
+
+    # y[n, o, oy, ox] = sum over c, ky, kx of W[o, c, ky, kx] * x_pad[n, c, oy*sh + ky*dh, ...]
+    y = sum(xp.einsum("oc,ncij->noij", weight[:, :, ky, kx], window(x_pad, ky, kx))
+            for ky in range(kh) for kx in range(kw))
+
+    def backward(dy):
+        dw = xp.zeros_like(weight)
+        dx_pad = xp.zeros_like(x_pad)
+        for ky in range(kh):
+            for kx in range(kw):
+                dw[:, :, ky, kx] = xp.einsum("noij,ncij->oc", dy, window(x_pad, ky, kx))
+                window(dx_pad, ky, kx)[...] += xp.einsum("oc,noij->ncij", weight[:, :, ky, kx], dy)
+        return dx_pad[:, :, top:top + h, left:left + w], dw
+    return y, backward
