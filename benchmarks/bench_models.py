@@ -184,10 +184,14 @@ def make_torch_step(case, state_dict=None, x=None, target=None):
 
 # ---------------------------------------------------------------- timing
 def pin_threads(n):
+    """n cores for each framework: torch's intra-op threads; minires's batch
+    threads, with numpy's BLAS on one thread (minires.parallel's design)."""
     import torch
+    import minires
     from threadpoolctl import threadpool_limits
     torch.set_num_threads(n)
-    return threadpool_limits(limits=n)  # keep a reference: the limit lasts while it lives
+    minires.set_num_threads(n)
+    return threadpool_limits(limits=1)  # keep a reference: the limit lasts while it lives
 
 
 def time_case(case, repeats, warmup):

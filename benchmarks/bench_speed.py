@@ -13,8 +13,9 @@ Method
 * Whole steps: the ResNet-20 train step (forward, loss, backward, SGD update)
   and the ResNet-18 eval forward, built by benchmarks/bench_models.py (same
   weights and inputs in both frameworks).
-* Both frameworks on the same thread count (torch.set_num_threads, and
-  threadpoolctl for NumPy's BLAS).  After warm-up the two alternate (the
+* Both frameworks on the same thread count: torch.set_num_threads, and
+  minires.set_num_threads (its batch-chunk threads, numpy's BLAS on one
+  thread: threadpoolctl).  The headline is all cores.  After warm-up the two alternate (the
   order flips every round), and medians are reported, of wall time and of
   process CPU time (steadier when other jobs share the cores).
 * Peak memory of each step: a fresh subprocess per framework
@@ -25,8 +26,9 @@ Method
   (``env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python -m ...``) and check
   the "architecture" threadpoolctl reports in the machine section.
 
-``--profile FILE`` instead profiles minires's ResNet-20 train step (1 thread):
-CPU time per layer type, forward and backward, then pyinstrument's call tree.
+``--profile FILE [--threads N]`` instead profiles minires's ResNet-20 train
+step (1 thread unless --threads): wall time per layer type, forward and
+backward, then pyinstrument's call tree.
 """
 import argparse
 import os
@@ -203,13 +205,15 @@ def bench_step(case, repeats, warmup):
 
 
 # ---------------------------------------------------------------- profile
-def profile(path, steps=3):
-    """CPU time per layer type (forward/backward) of minires's ResNet-20 train
-    step on 1 thread, then pyinstrument's call tree; written to ``path``."""
+def profile(path, threads=1, steps=3):
+    """Wall time per layer type (forward/backward) of minires's ResNet-20 train
+    step on ``threads`` threads, then pyinstrument's call tree; written to ``path``."""
     import collections
+    import minires
     from threadpoolctl import threadpool_limits
     from benchmarks.bench_models import make_minires_step
     limiter = threadpool_limits(limits=1)  # noqa: F841
+    minires.set_num_threads(threads)
     model, _, _, step = make_minires_step("resnet20_train_step")
     spent = collections.defaultdict(float)
 
@@ -217,15 +221,15 @@ def profile(path, steps=3):
         name, forward, backward = type(module).__name__, module.forward, module.backward
 
         def fwd(*a):
-            c0 = time.process_time()
+            c0 = time.perf_counter()
             y = forward(*a)
-            spent[(name, "forward")] += time.process_time() - c0
+            spent[(name, "forward")] += time.perf_counter() - c0
             return y
 
         def bwd(d):
-            c0 = time.process_time()
+            c0 = time.perf_counter()
             dx = backward(d)
-            spent[(name, "backward")] += time.process_time() - c0
+            spent[(name, "backward")] += time.perf_counter() - c0
             return dx
         module.forward, module.backward = fwd, bwd  # instance attributes shadow the methods
 
@@ -234,12 +238,14 @@ def profile(path, steps=3):
             timed(mod)
     step(), step()
     spent.clear()
-    c0 = time.process_time()
+    c0 = time.perf_counter()
     for _ in range(steps):
         step()
-    total = (time.process_time() - c0) / steps
-    lines = [f"minires ResNet-20 train step (forward, loss, backward), batch 128, 1 thread",
-             f"CPU time per step: {1e3 * total:.0f} ms (mean of {steps} steps)", "",
+    total = (time.perf_counter() - c0) / steps
+    lines = [f"minires ResNet-20 train step (forward, loss, backward), batch 128, "
+             f"{threads} thread{'s' if threads > 1 else ''}",
+             f"Wall time per step: {1e3 * total:.0f} ms (mean of {steps} steps; "
+             f"load average at the start {[round(v, 2) for v in os.getloadavg()]})", "",
              "| layer type | pass | ms per step | share |", "|---|---|---:|---:|"]
     for (name, kind), v in sorted(spent.items(), key=lambda kv: -kv[1]):
         if v / steps >= 5e-5:
@@ -254,7 +260,7 @@ def profile(path, steps=3):
         for _ in range(steps):
             step()
         prof.stop()
-        text += "\n\npyinstrument, %d steps (wall time; the machine is shared):\n\n" % steps
+        text += "\n\npyinstrument, %d steps (wall time):\n\n" % steps
         text += prof.output_text(unicode=False, color=False)
     except ImportError:
         text += "\n\n(pyinstrument not installed: no call tree)\n"
@@ -266,6 +272,22 @@ def profile(path, steps=3):
 
 
 # ---------------------------------------------------------------- report
+def headline(step_rows):
+    """One row per step: one thread and all cores side by side (the headline is
+    what a user gets: all cores)."""
+    counts = sorted({r["threads"] for r in step_rows})
+    one, most = counts[0], counts[-1]
+    out = [f"| whole step | {one} thread: minires ms | torch ms | ratio | "
+           f"all {most} cores: minires ms | torch ms | **ratio** |",
+           "|---|---:|---:|---:|---:|---:|---:|"]
+    for case in dict.fromkeys(r["case"] for r in step_rows):
+        a = next(r for r in step_rows if r["case"] == case and r["threads"] == one)
+        b = next(r for r in step_rows if r["case"] == case and r["threads"] == most)
+        out.append(f"| {case} | {a['mr_ms']:.0f} | {a['t_ms']:.0f} | {a['ratio']:.2f} | "
+                   f"{b['mr_ms']:.0f} | {b['t_ms']:.0f} | **{b['ratio']:.2f}** |")
+    return "\n".join(out)
+
+
 def markdown(layer_rows, step_rows):
     out = ["| threads | network | layer | input | minires fwd ms | torch fwd ms | ratio fwd | "
            "minires bwd ms | torch bwd ms | ratio bwd | ratio CPU f+b |",
@@ -288,8 +310,8 @@ def markdown(layer_rows, step_rows):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--threads", default=None, help="comma-separated, e.g. 1,2 (default: 1 and all)")
-    ap.add_argument("--layer-threads", default="1",
-                    help="thread counts for the per-layer rows (default 1: keeps the run short)")
+    ap.add_argument("--layer-threads", default=None,
+                    help="thread counts for the per-layer rows (default: the same as --threads)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--step-repeats", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=1)
@@ -302,7 +324,7 @@ def main(argv=None):
     global CHANNELS_LAST
     CHANNELS_LAST = args.channels_last
     if args.profile:
-        return profile(args.profile)
+        return profile(args.profile, int(args.threads or 1))
 
     import torch
     from threadpoolctl import threadpool_limits
@@ -322,7 +344,9 @@ def main(argv=None):
         torch.set_num_threads(n)
         minires.set_num_threads(n)
         with threadpool_limits(limits=1):
-            if not args.no_layers and str(n) in args.layer_threads.split(","):
+            layer_threads = (args.layer_threads.split(",") if args.layer_threads
+                             else [str(t) for t in threads])
+            if not args.no_layers and str(n) in layer_threads:
                 for spec in LAYERS:
                     row = dict(bench_layer(spec, args.repeats, args.warmup, rng), threads=n)
                     layer_rows.append(row)
@@ -341,7 +365,8 @@ def main(argv=None):
                     row[f"{fw}_peak_mib"] = mem["peak_minus_baseline_bytes"] / 2**20
                 print(f"{row['case']} peak MiB: minires {row['minires_peak_mib']:.0f}, "
                       f"torch {row['torch_peak_mib']:.0f}", flush=True)
-    table = markdown(layer_rows, step_rows)
+    table = headline(step_rows) + "\n\n" + markdown(layer_rows, step_rows)
+    load_end = list(os.getloadavg())
     print()
     print(table)
     if args.no_write:
@@ -351,11 +376,15 @@ def main(argv=None):
              "The ResNet-20 step includes the loss, backward and an SGD update (momentum 0.9, "
              "weight decay) in both frameworks; ResNet-18 is an eval forward under no_grad. "
              "Peak memory: VmHWM growth after the imports, in a fresh process per framework "
-             "(two steps, no optimizer). The machine is shared with other jobs: the CPU-time "
-             "ratio is steadier than the wall-time one; every time is in the JSON.")
+             "(two steps, no optimizer). Each framework gets n cores its own way: torch "
+             "its intra-op threads, minires its batch-chunk threads (minires.parallel) with "
+             "numpy's BLAS on one thread. With more than one thread the CPU-time ratio counts "
+             "both cores, so the wall-time ratio is the one that matters; every time is in "
+             f"the JSON. Load average (1, 5, 15 min) at the end: {[round(v, 2) for v in load_end]}.")
     md = "# CPU speed: minires vs torch, per layer and per step\n\n" + table + "\n\n" + notes + "\n"
     paths = write_results("bench_speed", {"layers": layer_rows, "steps": step_rows}, md,
-                          machine=machine, extra={"threads": threads, "notes": notes})
+                          machine=machine, extra={"threads": threads, "notes": notes,
+                                                  "load_average_end": load_end})
     print("wrote", *paths)
     return 0
 
