@@ -119,7 +119,7 @@ def test_im2col_body_equals_numpy_twin(lib, geometry, dtype):
 def test_col2im_gather_body_equals_numpy_twin(lib, geometry, dtype):
     kernel, stride, pads, dilation, shape = geometry
     out_hw = fconv.conv_output_size("test", shape[2:], kernel, stride, pads, dilation)
-    col = np.random.default_rng(1).standard_normal((shape[1], *kernel, shape[0], *out_hw))
+    col = np.random.default_rng(1).standard_normal((shape[0], shape[1], *kernel, *out_hw))
     col = col.astype(dtype)
     twin = fconv.col2im(col, shape, stride, pads, dilation)
     img = np.full(shape, np.nan, dtype=dtype)

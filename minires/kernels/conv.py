@@ -1,6 +1,6 @@
 """im2col and col2im as single CUDA kernels (twins: minires.nn.functional.conv).
 
-Both use conv.py's column layout col[c, ky, kx, n, oy, ox]; padding is
+Both use conv.py's column layout col[n, c, ky, kx, oy, ox]; padding is
 (top, bottom, left, right).  Each thread handles one output element and works
 out its indices, so a padded copy of the input is never made.
 """
@@ -11,10 +11,10 @@ from ..backend import cupy_or_none
 _IM2COL = r"""
     const long long ox = i % ow;   long long t = i / ow;
     const long long oy = t % oh;   t /= oh;
-    const long long b = t % n;     t /= n;
     const long long kx = t % kw;   t /= kw;
-    const long long ky = t % kh;
-    const long long ch = t / kh;
+    const long long ky = t % kh;   t /= kh;
+    const long long ch = t % c;
+    const long long b = t / c;
     const long long iy = oy * sy - pt + ky * dy;
     const long long ix = ox * sx - pl + kx * dx;
     col = (iy >= 0 && iy < h && ix >= 0 && ix < w) ? img[((b * c + ch) * h + iy) * w + ix]
@@ -41,7 +41,7 @@ _COL2IM = r"""
             if (tx < 0 || tx % sx != 0) continue;
             const long long ox = tx / sx;
             if (ox >= ow) continue;
-            acc += col[((((ch * kh + ky) * kw + kx) * n + b) * oh + oy) * ow + ox];
+            acc += col[((((b * c + ch) * kh + ky) * kw + kx) * oh + oy) * ow + ox];
         }
     }
     img = acc;
@@ -71,16 +71,16 @@ def im2col(x, kernel_size, stride, padding, dilation, out_hw, out=None):
     n, c, h, w = x.shape
     (kh, kw), (sy, sx), (dy, dx), (oh, ow) = kernel_size, stride, dilation, out_hw
     top, _, left, _ = padding
-    col = cp.empty((c, kh, kw, n, oh, ow), dtype=x.dtype) if out is None else out
+    col = cp.empty((n, c, kh, kw, oh, ow), dtype=x.dtype) if out is None else out
     _kernels()[0](cp.ascontiguousarray(x), n, c, h, w, kh, kw, oh, ow, sy, sx, top, left,
                   dy, dx, col)
     return col
 
 
 def col2im(col, x_shape, stride, padding, dilation):
-    """Twin of ``minires.nn.functional.conv.col2im``: (C, kh, kw, N, oh, ow) -> NCHW."""
+    """Twin of ``minires.nn.functional.conv.col2im``: (N, C, kh, kw, oh, ow) -> NCHW."""
     cp = cupy_or_none()
-    c, kh, kw, n, oh, ow = col.shape
+    n, c, kh, kw, oh, ow = col.shape
     _, _, h, w = x_shape
     (sy, sx), (dy, dx) = stride, dilation
     top, _, left, _ = padding

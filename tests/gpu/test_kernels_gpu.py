@@ -48,7 +48,7 @@ def test_im2col_kernel_equals_twin(geometry, dtype):
 def test_col2im_gather_kernel_equals_twin(geometry, dtype):
     kernel, stride, pads, dilation, shape = geometry
     oh, ow = _geometry_out(kernel, stride, pads, dilation, shape)
-    col_shape = (shape[1], *kernel, shape[0], oh, ow)
+    col_shape = (shape[0], shape[1], *kernel, oh, ow)
     col = np.random.default_rng(1).standard_normal(col_shape).astype(dtype)
     cg = minires.to_device(col, "cuda")
     img_kernel = fconv.col2im(cg, shape, stride, pads, dilation)
