@@ -184,14 +184,17 @@ def make_torch_step(case, state_dict=None, x=None, target=None):
 
 # ---------------------------------------------------------------- timing
 def pin_threads(n):
-    """n cores for each framework: torch's intra-op threads; minires's batch
-    threads, with numpy's BLAS on one thread (minires.parallel's design)."""
+    """n cores for each framework, each its own way: torch's intra-op threads;
+    minires's batch threads, with numpy's BLAS on one thread (minires.parallel
+    sets that itself).  No threadpoolctl limit here: threadpoolctl also caps
+    the OpenMP pool torch's kernels run on, and a limit of 1 for numpy's BLAS
+    silently ran torch on one thread too (measured: torch's "2-thread" step
+    then took as long as its 1-thread one)."""
     import torch
     import minires
-    from threadpoolctl import threadpool_limits
     torch.set_num_threads(n)
     minires.set_num_threads(n)
-    return threadpool_limits(limits=1)  # keep a reference: the limit lasts while it lives
+    minires.parallel.limit_blas_threads()
 
 
 def time_case(case, repeats, warmup):
@@ -288,7 +291,7 @@ def main(argv=None):
         return memory_child(*args.memory_child, args.threads)
 
     from benchmarks.machine import write_results
-    limiter = pin_threads(args.threads)  # noqa: F841
+    pin_threads(args.threads)
     results = []
     for case in args.cases:
         r = time_case(case, args.repeats, args.warmup)

@@ -15,7 +15,8 @@ Method
   weights and inputs in both frameworks).
 * Both frameworks on the same thread count: torch.set_num_threads, and
   minires.set_num_threads (its batch-chunk threads, numpy's BLAS on one
-  thread: threadpoolctl).  The headline is all cores.  After warm-up the two alternate (the
+  thread, set by minires).  No threadpoolctl limit: it would cap torch's
+  OpenMP pool as well.  The headline is all cores.  After warm-up the two alternate (the
   order flips every round), and medians are reported, of wall time and of
   process CPU time (steadier when other jobs share the cores).
 * Peak memory of each step: a fresh subprocess per framework
@@ -326,9 +327,8 @@ def main(argv=None):
     if args.profile:
         return profile(args.profile, int(args.threads or 1))
 
-    import torch
-    from threadpoolctl import threadpool_limits
-    from benchmarks.bench_models import measure_memory
+    import torch  # noqa: F401  (imported before timing starts)
+    from benchmarks.bench_models import measure_memory, pin_threads
     from benchmarks.machine import machine_info, write_results
     machine = machine_info()
     cores = len(os.sched_getaffinity(0))
@@ -336,27 +336,21 @@ def main(argv=None):
                else sorted({1, cores}))
     rng = np.random.default_rng(0)
     layer_rows, step_rows = [], []
-    import minires
     for n in threads:
-        # Each framework gets n cores its own way: torch its intra-op threads;
-        # minires its batch-chunk threads, with numpy's BLAS on one thread
-        # (minires.parallel's design: its threads own the cores).
-        torch.set_num_threads(n)
-        minires.set_num_threads(n)
-        with threadpool_limits(limits=1):
-            layer_threads = (args.layer_threads.split(",") if args.layer_threads
-                             else [str(t) for t in threads])
-            if not args.no_layers and str(n) in layer_threads:
-                for spec in LAYERS:
-                    row = dict(bench_layer(spec, args.repeats, args.warmup, rng), threads=n)
-                    layer_rows.append(row)
-                    print(f"[{n} thr] {row['network']} {row['layer']}: fwd {row['ratio_fwd']:.2f}, "
-                          f"bwd {row['ratio_bwd']:.2f}, cpu {row['ratio_cpu']:.2f}", flush=True)
-            for case in ("resnet20_train_step", "resnet18_forward"):
-                row = dict(bench_step(case, args.step_repeats, args.warmup), threads=n)
-                step_rows.append(row)
-                print(f"[{n} thr] {case}: minires {row['mr_ms']:.0f} ms, torch {row['t_ms']:.0f} ms, "
-                      f"ratio {row['ratio']:.2f} (CPU {row['ratio_cpu']:.2f})", flush=True)
+        pin_threads(n)  # n cores for each framework, each its own way (see there)
+        layer_threads = (args.layer_threads.split(",") if args.layer_threads
+                         else [str(t) for t in threads])
+        if not args.no_layers and str(n) in layer_threads:
+            for spec in LAYERS:
+                row = dict(bench_layer(spec, args.repeats, args.warmup, rng), threads=n)
+                layer_rows.append(row)
+                print(f"[{n} thr] {row['network']} {row['layer']}: fwd {row['ratio_fwd']:.2f}, "
+                      f"bwd {row['ratio_bwd']:.2f}, cpu {row['ratio_cpu']:.2f}", flush=True)
+        for case in ("resnet20_train_step", "resnet18_forward"):
+            row = dict(bench_step(case, args.step_repeats, args.warmup), threads=n)
+            step_rows.append(row)
+            print(f"[{n} thr] {case}: minires {row['mr_ms']:.0f} ms, torch {row['t_ms']:.0f} ms, "
+                  f"ratio {row['ratio']:.2f} (CPU {row['ratio_cpu']:.2f})", flush=True)
     if not args.no_memory:  # peak memory does not depend on timing noise: once, at the last count
         for row in step_rows:
             if row["threads"] == threads[-1]:
