@@ -169,18 +169,17 @@ class MPIComm:
     def barrier(self, what="barrier", timeout=None):
         self._wait(self.comm.Ibarrier(), what, 0, timeout)
 
-    def local_rank(self):
-        """This rank's index among the ranks on its machine (to pick a GPU)."""
-        node = self.comm.Split_type(self.MPI.COMM_TYPE_SHARED)
+    def _ask_this_machine(self, question):
+        node = self.comm.Split_type(self.MPI.COMM_TYPE_SHARED)  # the ranks on this machine
         try:
-            return node.Get_rank()
+            return question(node)
         finally:
             node.Free()
 
+    def local_rank(self):
+        """This rank's index among the ranks on its machine (to pick a GPU)."""
+        return self._ask_this_machine(lambda node: node.Get_rank())
+
     def local_size(self):
         """How many ranks run on this rank's machine (to share its cores)."""
-        node = self.comm.Split_type(self.MPI.COMM_TYPE_SHARED)
-        try:
-            return node.Get_size()
-        finally:
-            node.Free()
+        return self._ask_this_machine(lambda node: node.Get_size())
