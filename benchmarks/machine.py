@@ -126,7 +126,7 @@ def machine_markdown(info):
 def _atomic_write(path, text):
     """Write through a temporary file in the same folder, then os.replace: a
     reader never sees half a file, even if the benchmark is interrupted."""
-    from minires.checkpoint import atomic_write_bytes
+    from minires.fileio import atomic_write_bytes
     atomic_write_bytes(str(path), text.encode())
 
 

@@ -11,13 +11,13 @@ minires uses torch's key names, such a state_dict loads as it is:
 per key, in state_dict order.
 """
 import os
-import tempfile
 import zipfile
 from collections import OrderedDict
 
 import numpy
 
 from . import backend
+from .fileio import atomic_write
 
 __all__ = ["load_torch_state_dict", "load_npz_state_dict", "save_npz_state_dict",
            "load_pretrained"]
@@ -90,21 +90,13 @@ def save_npz_state_dict(model_or_state_dict, path):
         sd = sd.state_dict()
     arrays = OrderedDict((k, numpy.asarray(backend.to_numpy(v))) for k, v in sd.items())
     path = os.fspath(path)
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".tmp-", suffix=".npz", dir=directory)
-    os.close(fd)
-    try:
-        # numpy.savez's own layout (one ``key.npy`` per array), written directly so
-        # that no key can clash with savez's keyword arguments and the name stays ours.
-        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
-            for key, a in arrays.items():
-                with zf.open(key + ".npy", "w", force_zip64=True) as f:
-                    numpy.lib.format.write_array(f, a, allow_pickle=False)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    # numpy.savez's own layout (one ``key.npy`` per array), written directly so
+    # that no key can clash with savez's keyword arguments and the name stays ours.
+    with atomic_write(path) as out, \
+            zipfile.ZipFile(out, "w", compression=zipfile.ZIP_STORED, allowZip64=True) as zf:
+        for key, a in arrays.items():
+            with zf.open(key + ".npy", "w", force_zip64=True) as f:
+                numpy.lib.format.write_array(f, a, allow_pickle=False)
     return path
 
 

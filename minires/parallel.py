@@ -171,6 +171,15 @@ def batch_slices(a, chunk_bytes=None):
     return batch_chunks(n, a.nbytes // n, PASS_CHUNK_BYTES if chunk_bytes is None else chunk_bytes)
 
 
+def sum_in_order(parts):
+    """parts[0] + parts[1] + ... in chunk order (a fixed order: the same bits
+    on any thread count, unlike a reduction in completion order)."""
+    total = parts[0]
+    for p in parts[1:]:
+        total = total + p
+    return total
+
+
 def _get_pool(threads):
     global _pool
     with _pool_lock:

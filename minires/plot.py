@@ -2,6 +2,8 @@
 import json
 import os
 
+from .fileio import atomic_write
+
 
 def require_matplotlib():
     try:
@@ -46,8 +48,7 @@ def plot_run(run_dir, out=None):
     fig.suptitle(os.path.basename(os.path.normpath(run_dir)))
     fig.tight_layout()
     out = out or os.path.join(run_dir, "curves.png")
-    tmp = out + ".tmp.png"
-    fig.savefig(tmp, dpi=110)
+    with atomic_write(out) as f:
+        fig.savefig(f, format="png", dpi=110)
     plt.close(fig)
-    os.replace(tmp, out)
     return out

@@ -16,7 +16,8 @@ import numpy as np
 
 from . import backend, models, nn, optim
 from . import random as mr_random
-from .checkpoint import save_checkpoint, load_checkpoint, atomic_write_bytes
+from .checkpoint import save_checkpoint, load_checkpoint
+from .fileio import atomic_write_bytes
 from .grad_mode import no_grad
 from .recipes import RECIPES
 

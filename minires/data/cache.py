@@ -13,11 +13,12 @@ and rebuilt, rather than silently feeding wrong pixels to training.
 """
 import hashlib
 import os
-import tempfile
 import warnings
 import zlib
 
 import numpy as np
+
+from ..fileio import atomic_write
 
 # Bump when the stored layout or the decoding changes: old files then miss.
 CACHE_FORMAT = 1
@@ -113,27 +114,18 @@ def load_cached(path, key):
 
 
 def save_cached(path, key, images, labels, class_names):
-    """Write the arrays to a temp name in the cache folder, then ``os.replace``
-    it into place, so a crash (or a second process) never sees half a file.
+    """Write the arrays through ``fileio.atomic_write``, so a crash (or a
+    second process) never sees half a file.
     A cache folder that cannot be written is reported and skipped."""
-    folder = os.path.dirname(path)
-    tmp = None
     try:
-        os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=folder, prefix=".tmp-", suffix=".npz")
-        with os.fdopen(fd, "wb") as f:
+        with atomic_write(path) as f:
             np.savez(f, images=images, labels=labels,
                      class_names=np.array(class_names, dtype=str), key=np.array(key),
                      format=np.array(CACHE_FORMAT), crc32=np.array(_arrays_crc(images, labels)))
-        os.replace(tmp, path)
-        tmp = None
     except OSError as e:
         warnings.warn(f"could not write the cache file {path} ({e}); the images will be "
                       "decoded again next time (set $MINIRES_CACHE to a writable folder)",
                       RuntimeWarning, stacklevel=3)
-    finally:
-        if tmp is not None and os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def load_or_build(name, key, build, cache_dir=None):

@@ -8,11 +8,11 @@ download never leaves a file under the real name.  It is not extracted, since
 import hashlib
 import http.client
 import os
-import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
 
+from ..fileio import atomic_write
 from .cache import CorruptDataError, file_digest
 
 CIFAR10_URL = "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz"
@@ -44,31 +44,29 @@ def download_cifar10(root, url=CIFAR10_URL, md5=CIFAR10_MD5, progress=True, time
     path = os.path.join(root, filename)
     if os.path.isfile(path) and md5 is not None and file_digest(path, "md5") == md5:
         return path
-    os.makedirs(root, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=root, prefix=f".{filename}.", suffix=".part")
-    try:
-        h = hashlib.md5(usedforsecurity=False)
-        received = 0
-        with os.fdopen(fd, "wb") as f:
-            try:
-                with urllib.request.urlopen(url, timeout=timeout) as response:
-                    total = response.headers.get("Content-Length")
-                    total = int(total) if total and total.isdigit() else None
-                    bar = _progress_bar(total, progress, filename)
-                    try:
-                        for chunk in iter(lambda: response.read(_CHUNK), b""):
-                            f.write(chunk)
-                            h.update(chunk)
-                            received += len(chunk)
-                            if bar is not None:
-                                bar.update(len(chunk))
-                    finally:
+    h = hashlib.md5(usedforsecurity=False)
+    received = 0
+    # any error below (network, size, checksum) leaves nothing under ``path``
+    with atomic_write(path) as f:
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as response:
+                total = response.headers.get("Content-Length")
+                total = int(total) if total and total.isdigit() else None
+                bar = _progress_bar(total, progress, filename)
+                try:
+                    for chunk in iter(lambda: response.read(_CHUNK), b""):
+                        f.write(chunk)
+                        h.update(chunk)
+                        received += len(chunk)
                         if bar is not None:
-                            bar.close()
-            except (OSError, http.client.HTTPException) as e:  # URLError is an OSError
-                # HTTPError's text has the status code; URLError's is in .reason
-                reason = e if isinstance(e, urllib.error.HTTPError) else getattr(e, "reason", e)
-                raise OSError(f"could not download {url}: {reason}") from e
+                            bar.update(len(chunk))
+                finally:
+                    if bar is not None:
+                        bar.close()
+        except (OSError, http.client.HTTPException) as e:  # URLError is an OSError
+            # HTTPError's text has the status code; URLError's is in .reason
+            reason = e if isinstance(e, urllib.error.HTTPError) else getattr(e, "reason", e)
+            raise OSError(f"could not download {url}: {reason}") from e
         if total is not None and received != total:
             raise CorruptDataError(f"download of {url} stopped after {received} of {total} "
                                    "bytes; nothing was saved, try again")
@@ -76,8 +74,4 @@ def download_cifar10(root, url=CIFAR10_URL, md5=CIFAR10_MD5, progress=True, time
             raise CorruptDataError(f"download of {url} failed its MD5 check: expected {md5}, "
                                    f"got {h.hexdigest()}; nothing was saved (the server may "
                                    "have sent an error page, or the file changed)")
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
     return path

@@ -12,6 +12,7 @@ import os
 import re
 
 from .. import backend
+from ..fileio import atomic_write, atomic_write_bytes
 from ..data.subset import balanced_sample
 from .recorder import GradientRecorder
 
@@ -190,10 +191,9 @@ def plot_gradflow(results, path, steps, note=""):
     fig.suptitle("Gradient norms against depth (batch-mean cross-entropy, fixed probe batch)"
                  + (f"\n{note}" if note else ""))
     fig.tight_layout()
-    tmp = path + ".tmp.png"
-    fig.savefig(tmp, dpi=100)
+    with atomic_write(path) as f:
+        fig.savefig(f, format="png", dpi=100)
     plt.close(fig)
-    os.replace(tmp, path)
     return path
 
 
@@ -269,12 +269,12 @@ def run_gradflow(args, log=print):
                                               "momentum", "weight_decay", "seed", "device")}
     settings["data"] = note
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"settings": settings, "models": results}, f, indent=1)
+        atomic_write_bytes(args.json, json.dumps({"settings": settings, "models": results},
+                                                 indent=1).encode())
     if args.markdown:
-        with open(args.markdown, "w") as f:
-            f.write(f"# Gradient flow: {args.models}\n\nSettings: `{json.dumps(settings)}`\n\n"
-                    + format_tables(results, args.steps, layers=True) + "\n")
+        atomic_write_bytes(args.markdown, (
+            f"# Gradient flow: {args.models}\n\nSettings: `{json.dumps(settings)}`\n\n"
+            + format_tables(results, args.steps, layers=True) + "\n").encode())
     note += (f"; {args.steps} steps of SGD, lr {args.lr:g}, momentum {args.momentum:g}, "
              f"weight decay {args.weight_decay:g}, batch {args.batch_size}")
     log(f"wrote {plot_gradflow(results, args.out, args.steps, note)}")

@@ -356,6 +356,10 @@ def test_fast_conv_equals_the_reference_loop(data):
     finally:
         parallel.CHUNK_BYTES = old
     np.testing.assert_allclose(y, y_ref, rtol=1e-12, atol=1e-12)
+    # the reference itself against torch, so this is not minires against minires
+    y_torch = TF.conv2d(torch.from_numpy(x), torch.from_numpy(w), stride=stride, padding=padding,
+                        dilation=dilation).numpy()
+    np.testing.assert_allclose(y_ref, y_torch, rtol=1e-10, atol=1e-10)
     dx_ref, dw_ref = backward(dy)
     np.testing.assert_allclose(dx, dx_ref, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(dw, dw_ref, rtol=1e-12, atol=1e-12)

@@ -233,13 +233,6 @@ def conv2d_forward(x, weight, bias=None, stride=1, padding=0, dilation=1, groups
     return y, cache
 
 
-def _sum_in_order(parts):
-    total = parts[0]
-    for p in parts[1:]:
-        total = total + p
-    return total
-
-
 def conv2d_backward(dy, cache):
     """Returns (dx, dW, db) for dy = dL/dy (N, O, oh, ow); db is None without a bias.
 
@@ -274,9 +267,9 @@ def conv2d_backward(dy, cache):
 
         parts = parallel.map_chunks(pointwise, _batch_chunks(
             xp, n, (g * c_per_group + o) * oh * ow * itemsize), like=dy)
-        dw_t = _sum_in_order([p[0] for p in parts])
+        dw_t = parallel.sum_in_order([p[0] for p in parts])
         dw = xp.ascontiguousarray(dw_t.transpose(0, 2, 1)).reshape(weight.shape)
-        db = _sum_in_order([p[1] for p in parts]) if has_bias else None
+        db = parallel.sum_in_order([p[1] for p in parts]) if has_bias else None
         return dx, dw, db
 
     x = cache.pop("x", None)
@@ -324,9 +317,9 @@ def conv2d_backward(dy, cache):
 
     parts = parallel.map_chunks(one_chunk, _batch_chunks(xp, n, c * kh * kw * oh * ow * itemsize),
                                 like=dy)
-    dw_t = _sum_in_order([p[0] for p in parts])
+    dw_t = parallel.sum_in_order([p[0] for p in parts])
     dw = xp.ascontiguousarray(dw_t.transpose(0, 2, 1)).reshape(weight.shape)
-    db = _sum_in_order([p[1] for p in parts]) if has_bias else None
+    db = parallel.sum_in_order([p[1] for p in parts]) if has_bias else None
     return dx, dw, db
 
 

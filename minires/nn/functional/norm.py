@@ -37,24 +37,17 @@ mean, var:   the per-channel statistics used (biased variance for batch
 """
 
 
-def _in_order(parts):
-    total = parts[0]
-    for p in parts[1:]:
-        total = total + p
-    return total
-
-
 def _channel_sum(a):
     """Sum of a (N, C, M) array over N and M -> (C,): along the contiguous M
     first (pairwise, accurate), then over the batch."""
-    return _in_order(parallel.map_chunks(lambda s: a[s].sum(axis=2).sum(axis=0),
+    return parallel.sum_in_order(parallel.map_chunks(lambda s: a[s].sum(axis=2).sum(axis=0),
                                          parallel.batch_slices(a), like=a))
 
 
 def _channel_dot(a, b):
     """sum over N and M of a*b -> (C,), without an (N, C, M) temporary."""
     xp = get_array_module(a)
-    return _in_order(parallel.map_chunks(
+    return parallel.sum_in_order(parallel.map_chunks(
         lambda s: xp.einsum("ncm,ncm->nc", a[s], b[s]).sum(axis=0),
         parallel.batch_slices(a), like=a))
 
@@ -89,8 +82,8 @@ def _mean_var(x):
 
     parts = parallel.map_chunks(one, parallel.batch_slices(x), like=x)
     n = sum(p[0] for p in parts)
-    mean = _in_order([p[1] * (p[0] / n) for p in parts])
-    m2 = _in_order([p[2] + (p[1] - mean) ** 2 * p[0] for p in parts])
+    mean = parallel.sum_in_order([p[1] * (p[0] / n) for p in parts])
+    m2 = parallel.sum_in_order([p[2] + (p[1] - mean) ** 2 * p[0] for p in parts])
     return mean, m2 * (1.0 / n)
 
 
@@ -163,8 +156,8 @@ def batch_norm_backward(dy, cache):
                 xp.einsum("ncm,ncm->nc", dys, x[s] - mean[:, None]).sum(axis=0))
 
     parts = parallel.map_chunks(sums, parallel.batch_slices(dy), like=dy)
-    dbias = _in_order([p[0] for p in parts])
-    dy_dot_xhat = _in_order([p[1] for p in parts]) * inv_std  # = dweight
+    dbias = parallel.sum_in_order([p[0] for p in parts])
+    dy_dot_xhat = parallel.sum_in_order([p[1] for p in parts]) * inv_std  # = dweight
     b = a * inv_std * dy_dot_xhat * (-1.0 / n)
     c = a * dbias * (-1.0 / n)
     dx = xp.empty_like(dy)
