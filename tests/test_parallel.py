@@ -160,6 +160,30 @@ def test_many_chunks_agree_with_one_piece_in_float64(monkeypatch, many_chunks):
     split = _short_run(2, "float64")
     monkeypatch.setattr(parallel, "CHUNK_BYTES", 1 << 40)  # every batch in one piece
     monkeypatch.setattr(parallel, "PASS_CHUNK_BYTES", 1 << 40)
+    monkeypatch.setattr(parallel, "MIN_CHUNKS", 1)
+    assert len(parallel.batch_chunks(24, 16 * 9 * 16 * 16 * 8)) == 1
     whole = _short_run(1, "float64")
     for k in whole:
         assert_close(split[k], whole[k], 1e-10, what=k)
+
+
+def test_maxpool_split_over_threads_matches_torch(monkeypatch):
+    """MaxPool2d's chunks (several images per chunk, two threads) against
+    torch, with overlapping windows (3x3, stride 2) and padding: the gradient
+    of an input that two windows share is summed within its chunk."""
+    import torch
+    from minires.nn.functional.pool import maxpool2d_forward, maxpool2d_backward
+    monkeypatch.setattr(parallel, "PASS_CHUNK_BYTES", 2 * 3 * 9 * 9 * 8)  # 2 images a chunk
+    monkeypatch.setattr(parallel, "MIN_CHUNKS", 1)
+    parallel.set_num_threads(2)
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((7, 3, 9, 9))
+    assert len(parallel.batch_slices(x)) == 4
+    y, cache = maxpool2d_forward(x, 3, 2, 1)
+    dy = rng.standard_normal(y.shape)
+    dx = maxpool2d_backward(dy, cache)
+    tx = torch.from_numpy(x).requires_grad_(True)
+    ty = torch.nn.functional.max_pool2d(tx, 3, 2, 1)
+    ty.backward(torch.from_numpy(dy))
+    assert_close(y, ty, 1e-12, "y")
+    assert_close(dx, tx.grad, 1e-12, "dx")

@@ -203,33 +203,46 @@ def test_no_grad_keeps_no_cache():
 
 
 # ---------------------------------------------------------------- torch parity
+# Train mode is compared in float64.  In float32, at this seed, one batch-norm
+# output of layer1 is 3.1e-7 (float64 value), within float32 rounding of the
+# next ReLU's kink: minires's summation order gave -9.3e-8, torch's a
+# positive value, and the flipped mask moved 42-70 of the 6144 dx values by
+# up to 1e-2.  Any change of summation order (threads, BLAS kernels) can do
+# that, in either framework; float64 cannot flip there.  Eval mode keeps the
+# float32 check (no batch statistics), and the layers are checked in float32
+# one by one.
 @pytest.mark.parametrize("kind", ["A", "B", "plain"])
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
 def test_parity_with_torch(kind, training):
     mr, ref = _pair(kind)
     mr.train(training)
     ref.train(training)
+    dtype, fwd_rtol, grad_rtol = np.float32, FWD_RTOL, GRAD_RTOL
+    if training:
+        mr, ref = mr.double(), ref.double()
+        dtype, fwd_rtol, grad_rtol = np.float64, 1e-10, 1e-9
     rng = np.random.default_rng(2)
-    x = rng.standard_normal((2, 3, 32, 32)).astype(np.float32)
+    x = rng.standard_normal((2, 3, 32, 32)).astype(dtype)
     xt = torch_tensor(x, requires_grad=True)
 
     y = mr(x)
     yt = ref(xt)
-    assert_close(y, yt, FWD_RTOL, "logits")
-    g = random_upstream(rng, y.shape, np.float32)
+    assert y.dtype == dtype
+    assert_close(y, yt, fwd_rtol, "logits")
+    g = random_upstream(rng, y.shape, dtype)
     dx = mr.backward(g)
     yt.backward(torch_tensor(g))
 
-    assert_close(dx, xt.grad, GRAD_RTOL, "dx")
+    assert_close(dx, xt.grad, grad_rtol, "dx")
     ref_params = dict(ref.named_parameters())
     names = [k for k, _ in mr.named_parameters()]
     assert names == list(ref_params)
     for name, p in mr.named_parameters():
-        assert_close(p.grad, ref_params[name].grad, GRAD_RTOL, name)
+        assert_close(p.grad, ref_params[name].grad, grad_rtol, name)
     ref_sd = ref.state_dict()  # running statistics moved alike in train mode
     for k, v in mr.state_dict().items():
         if "running" in k:
-            assert_close(v, ref_sd[k], FWD_RTOL, k)
+            assert_close(v, ref_sd[k], fwd_rtol, k)
         elif k.endswith("num_batches_tracked"):
             assert int(to_np(v)) == int(ref_sd[k])
     assert all(not m._caches for m in mr.modules()), "backward left caches behind"

@@ -342,7 +342,7 @@ def test_fast_conv_equals_the_reference_loop(data):
     stride, dilation = data.draw(st.integers(1, 2), "stride"), data.draw(st.integers(1, 2), "dil")
     padding = data.draw(st.integers(0, 3), "padding")
     size = data.draw(st.integers(dilation * (k - 1) + 1, 7), "size")
-    n, c, o = data.draw(st.integers(1, 9), "n"), data.draw(st.integers(1, 3), "c"), 2
+    n, c, o = data.draw(st.integers(1, 9), "n"), data.draw(st.integers(1, 3), "c"), data.draw(st.integers(1, 12), "o")
     rng = np.random.default_rng(data.draw(st.integers(0, 2**16), "seed"))
     x = rng.standard_normal((n, c, size, size))
     w = rng.standard_normal((o, c, k, k))
@@ -363,3 +363,66 @@ def test_fast_conv_equals_the_reference_loop(data):
     dx_ref, dw_ref = backward(dy)
     np.testing.assert_allclose(dx, dx_ref, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(dw, dw_ref, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("o, size, stride", [(4, 16, 1), (3, 32, 2), (20, 2, 1), (40, 3, 2)],
+                         ids=["blocked-columns", "blocked-columns-stride2", "more-channels-than-pixels",
+                              "more-channels-than-pixels-stride2"])
+def test_shape_dependent_products_match_torch(o, size, stride):
+    """The products that change with the shapes: output columns in 64-wide
+    blocks (few channels, P a multiple of 64) and the weight gradient as one
+    product over the chunk (more output channels than pixels)."""
+    from minires.nn.functional.conv import BLOCK_COLUMNS
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((5, 3, size, size))
+    w = rng.standard_normal((o, 3, 3, 3))
+    y, cache = conv2d_forward(x, w, None, stride, 1)
+    p = y.shape[2] * y.shape[3]
+    assert (p % BLOCK_COLUMNS == 0 and p > BLOCK_COLUMNS) or o > p  # the branch is taken
+    dy = rng.standard_normal(y.shape)
+    dx, dw, _ = conv2d_backward(dy, cache)
+    tx = torch.from_numpy(x).requires_grad_(True)
+    tw = torch.from_numpy(w).requires_grad_(True)
+    ty = TF.conv2d(tx, tw, stride=stride, padding=1)
+    ty.backward(torch.from_numpy(dy))
+    assert_close(y, ty, 1e-10, "y")
+    assert_close(dx, tx.grad, 1e-10, "dx")
+    assert_close(dw, tw.grad, 1e-10, "dW")
+
+
+@pytest.mark.parametrize("k, padding, dilation, bias", [
+    (3, 1, 1, False), (3, 0, 1, True), (3, 2, 2, False), (2, "same", 1, True), (5, (2, 1), 1, False)],
+    ids=["3x3-pad1", "3x3-valid-bias", "dilated", "same-asymmetric", "5x5-uneven"])
+def test_stride1_path_without_im2col_matches_torch(monkeypatch, k, padding, dilation, bias):
+    """Stride 1, one group, on the CPU: conv_shifted's products over shifted
+    views of the flat padded image (forward, dW and dx), several chunks on
+    two threads, against torch in float64."""
+    from minires import parallel
+    from minires.nn.functional import conv_shifted
+    calls = []
+    real = conv_shifted.wide_conv
+    monkeypatch.setattr(conv_shifted, "wide_conv", lambda *a: calls.append(1) or real(*a))
+    monkeypatch.setattr(parallel, "CHUNK_BYTES", 4096)  # a few images per chunk
+    monkeypatch.setattr(parallel, "MIN_CHUNKS", 1)
+    parallel.set_num_threads(2)
+    try:
+        rng = np.random.default_rng(11)
+        x = rng.standard_normal((6, 3, 7, 9))
+        w = rng.standard_normal((4, 3, k, k))
+        b = rng.standard_normal(4) if bias else None
+        y, cache = conv2d_forward(x, w, b, 1, padding, dilation)
+        dy = rng.standard_normal(y.shape)
+        dx, dw, db = conv2d_backward(dy, cache)
+    finally:
+        parallel.set_num_threads(parallel.available_cores())
+    assert len(calls) == 2, "the stride-1 path was not taken"  # forward and dx
+    tx = torch.from_numpy(x).requires_grad_(True)
+    tw = torch.from_numpy(w).requires_grad_(True)
+    tb = torch.from_numpy(b).requires_grad_(True) if bias else None
+    ty = TF.conv2d(tx, tw, tb, 1, padding, dilation)
+    ty.backward(torch.from_numpy(dy))
+    assert_close(y, ty, 1e-10, "y")
+    assert_close(dx, tx.grad, 1e-10, "dx")
+    assert_close(dw, tw.grad, 1e-10, "dW")
+    if bias:
+        assert_close(db, tb.grad, 1e-10, "db")

@@ -12,6 +12,7 @@ last window that would start past the input's right edge (in the right padding)
 is dropped.
 """
 from ...backend import get_array_module
+from ... import parallel
 from ..checks import pair
 
 
@@ -106,23 +107,36 @@ def maxpool2d_forward(x, kernel_size, stride=None, padding=0, dilation=1, ceil_m
     which kernel offset won (the first in row-major offset order on ties), so
     each output's gradient goes to exactly one input.  (A dilated window can miss
     the input entirely: its output is -inf, as in torch, and its gradient lands in
-    the padding and is dropped.)"""
+    the padding and is dropped.)
+
+    The batch runs in chunks on all cores (``minires.parallel``), each chunk's
+    whole offset loop while it is in the cache; per-pixel results, so any
+    thread count gives the same bits."""
     xp = _xp(x)
     k, s, p, d, out = pool_geometry("maxpool2d_forward", x.shape, kernel_size, stride,
                                     padding, dilation, ceil_mode)
-    xpad = _padded(x, p, _reach(k, s, d, out), -float("inf"))
+    reach = _reach(k, s, d, out)
     n_offsets = k[0] * k[1]
     idx_dtype = xp.int8 if n_offsets <= 127 else xp.int32  # offset ids; int8 saves memory
-    y = xpad[_window_slice(0, 0, d, s, out)].copy()
-    argmax = xp.zeros(y.shape, dtype=idx_dtype)
-    better = xp.empty(y.shape, dtype=bool)
-    for off in range(1, n_offsets):
-        window = xpad[_window_slice(off // k[1], off % k[1], d, s, out)]
-        # strict '>' keeps the earliest offset on ties: deterministic, one winner
-        xp.greater(window, y, out=better)
-        xp.copyto(y, window, where=better)
-        xp.copyto(argmax, idx_dtype(off), where=better)
-    cache = (argmax, x.shape, xpad.shape, k, s, p, d)
+    y = xp.empty(x.shape[:2] + out, dtype=x.dtype)
+    argmax = xp.empty(y.shape, dtype=idx_dtype)
+
+    def one(b):
+        xpad = _padded(x[b], p, reach, -float("inf"))
+        yb, ab = y[b], argmax[b]
+        yb[...] = xpad[_window_slice(0, 0, d, s, out)]
+        ab[...] = 0
+        better = xp.empty(yb.shape, dtype=bool)
+        for off in range(1, n_offsets):
+            window = xpad[_window_slice(off // k[1], off % k[1], d, s, out)]
+            # strict '>' keeps the earliest offset on ties: deterministic, one winner
+            xp.greater(window, yb, out=better)
+            xp.copyto(yb, window, where=better)
+            xp.copyto(ab, idx_dtype(off), where=better)
+    parallel.map_chunks(one, parallel.batch_slices(x), like=x)
+    H, W = x.shape[-2:]
+    pad_shape = x.shape[:2] + (max(H + 2 * p[0], reach[0]), max(W + 2 * p[1], reach[1]))
+    cache = (argmax, x.shape, pad_shape, k, s, p, d)
     return y, cache
 
 
@@ -131,12 +145,17 @@ def maxpool2d_backward(dy, cache):
     xp = _xp(dy)
     argmax, x_shape, pad_shape, k, s, p, d = cache
     out = dy.shape[-2:]
-    dxpad = xp.zeros(pad_shape, dtype=dy.dtype)
-    for off in range(k[0] * k[1]):
-        # dy where this offset won, 0 elsewhere: one strided-slice add per offset
-        dxpad[_window_slice(off // k[1], off % k[1], d, s, out)] += dy * (argmax == off)
     H, W = x_shape[-2:]
-    return dxpad[:, :, p[0]:p[0] + H, p[1]:p[1] + W]
+    dx = xp.empty(x_shape, dtype=dy.dtype)
+
+    def one(b):
+        dxpad = xp.zeros((dy[b].shape[0],) + tuple(pad_shape[1:]), dtype=dy.dtype)
+        for off in range(k[0] * k[1]):
+            # dy where this offset won, 0 elsewhere: one strided-slice add per offset
+            dxpad[_window_slice(off // k[1], off % k[1], d, s, out)] += dy[b] * (argmax[b] == off)
+        dx[b] = dxpad[:, :, p[0]:p[0] + H, p[1]:p[1] + W]
+    parallel.map_chunks(one, parallel.batch_slices(dx), like=dy)
+    return dx
 
 
 # ---------------------------------------------------------------- average pooling
