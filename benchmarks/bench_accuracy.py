@@ -31,7 +31,9 @@ DEFAULT_DATA = os.environ.get("MINIRES_DATA", os.path.join(ROOT, "..", "shared",
 
 
 def run_minires(args):
+    from minires import heap
     from minires.train import TrainConfig, Trainer
+    heap.keep_freed_memory()  # as `minires train` does
     cfg = TrainConfig.from_recipe("fast", data=args.data, time_budget=args.budget,
                                   epochs=args.max_epochs, out=args.out, seed=args.seed,
                                   progress=False)

@@ -192,9 +192,11 @@ def pin_threads(n):
     then took as long as its 1-thread one)."""
     import torch
     import minires
+    from minires import heap
     torch.set_num_threads(n)
     minires.set_num_threads(n)
     minires.parallel.limit_blas_threads()
+    heap.keep_freed_memory()  # as the minires commands do (minires/heap.py)
 
 
 def time_case(case, repeats, warmup):

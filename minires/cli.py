@@ -12,7 +12,7 @@ does the work and returns the exit status.  Adding ``train``, ``eval``,
 import argparse
 import sys
 
-from . import cli_train, gradflow, parallel
+from . import cli_train, gradflow, heap, parallel
 
 # The names ``summary`` and friends accept, in the order they are listed.
 TORCHVISION_MODELS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "alexnet")
@@ -126,6 +126,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     try:
         apply_threads(args)
+        heap.keep_freed_memory()  # steps reuse their pages (minires/heap.py)
         return args.run(args)
     except CommandError as e:
         print(f"minires {args.command}: error: {e}", file=sys.stderr)
