@@ -19,6 +19,7 @@ import struct
 
 import numpy as np
 
+from .errors import CorruptFileError, MissingFileError
 from .fileio import atomic_write_bytes
 
 MAGIC = b"MINIRES-CKPT-2\n"
@@ -127,16 +128,16 @@ def load_checkpoint(path):
         with open(path, "rb") as f:
             blob = f.read()
     except FileNotFoundError:
-        raise FileNotFoundError(f"checkpoint not found: {path}") from None
+        raise MissingFileError(f"checkpoint not found: {path}") from None
     magic = next((m for m in (MAGIC, MAGIC_PICKLED) if blob.startswith(m)), None)
     if magic is None:
-        raise ValueError(f"{path} is not a minires checkpoint (bad header)")
+        raise CorruptFileError(f"{path} is not a minires checkpoint (bad header)")
     digest, payload = blob[len(magic):len(magic) + 64], blob[len(magic) + 65:]
     if hashlib.sha256(payload).hexdigest().encode() != digest:
-        raise ValueError(f"checkpoint {path} is corrupt or truncated (checksum mismatch)")
+        raise CorruptFileError(f"checkpoint {path} is corrupt or truncated (checksum mismatch)")
     try:
         if magic == MAGIC_PICKLED:
             return _ArraysOnlyUnpickler(io.BytesIO(payload)).load()
         return _unpack(payload)
     except (pickle.UnpicklingError, ValueError, KeyError, struct.error) as e:
-        raise ValueError(f"checkpoint {path} cannot be loaded safely: {e}") from None
+        raise CorruptFileError(f"checkpoint {path} cannot be loaded safely: {e}") from None

@@ -12,17 +12,10 @@ does the work and returns the exit status.  Adding ``train``, ``eval``,
 import argparse
 import sys
 
-from . import cli_train, gradflow, heap, parallel
-
-# The names ``summary`` and friends accept, in the order they are listed.
-TORCHVISION_MODELS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "alexnet")
-CIFAR_MODEL_NAMES = ("resnet20", "resnet32", "resnet44", "resnet56", "resnet110", "resnet1202",
-                     "plain20", "plain32", "plain44", "plain56", "plain110")
-MODEL_NAMES = TORCHVISION_MODELS + CIFAR_MODEL_NAMES
-
-
-class CommandError(Exception):
-    """A user error: printed as one line, exit status 2, no traceback."""
+from . import cli_train, gradflow
+from .cmdline import add_debug_argument, add_threads_argument, run_command
+from .errors import CommandError
+from .models import CIFAR_MODEL_NAMES, MODEL_NAMES
 
 
 def default_input_size(model_name):
@@ -33,11 +26,7 @@ def default_input_size(model_name):
 def build_model(name, num_classes=None):
     """``minires.models.<name>(num_classes=...)``, with a clear error for a typo."""
     from . import models
-    builder = getattr(models, name, None) if name in MODEL_NAMES else None
-    if builder is None:
-        known = ", ".join(n for n in MODEL_NAMES if hasattr(models, n))
-        raise CommandError(f"unknown model {name!r}; choose one of: {known}")
-    return builder() if num_classes is None else builder(num_classes=num_classes)
+    return models.get(name) if num_classes is None else models.get(name, num_classes=num_classes)
 
 
 def parse_input_size(values):
@@ -51,24 +40,6 @@ def parse_input_size(values):
         raise CommandError(f"--input-size: expected three positive integers C H W "
                            f"(e.g. 3 32 32 or 3,32,32), got {' '.join(values)!r}")
     return size
-
-
-def add_threads_argument(p):
-    p.add_argument("--threads", metavar="N",
-                   help=f"CPU threads to use (default: ${parallel.ENV_VAR} if set, else every "
-                        f"core this process may use: {parallel.available_cores()} here)")
-
-
-def apply_threads(args):
-    """--threads N (or $MINIRES_NUM_THREADS) -> minires.set_num_threads, checked
-    before any data is loaded; a bad value is a CommandError."""
-    try:
-        if getattr(args, "threads", None) is not None:
-            parallel.set_num_threads(args.threads)
-        else:
-            parallel.get_num_threads()  # reads and checks the environment variable
-    except ValueError as e:
-        raise CommandError(str(e).replace("minires.set_num_threads", "--threads"))
 
 
 # ---------------------------------------------------------------- summary
@@ -116,6 +87,7 @@ def build_parser():
         p = sub.add_parser(name, help=help_text, description=help_text)
         add_arguments(p)
         add_threads_argument(p)
+        add_debug_argument(p)
         p.set_defaults(run=run)
     return parser
 
@@ -124,13 +96,7 @@ def main(argv=None):
     """Entry point of the ``minires`` script; returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
-    try:
-        apply_threads(args)
-        heap.keep_freed_memory()  # steps reuse their pages (minires/heap.py)
-        return args.run(args)
-    except CommandError as e:
-        print(f"minires {args.command}: error: {e}", file=sys.stderr)
-        return 2
+    return run_command(args.command, args, args.run)
 
 
 if __name__ == "__main__":

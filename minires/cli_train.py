@@ -1,12 +1,28 @@
-"""The `train`, `eval` and `plot` subcommands (wired into minires.cli)."""
-import json
-import sys
+"""The `train`, `eval` and `plot` subcommands (wired into minires.cli).
 
+Every flag is checked before any data is loaded or model built; a user error
+is raised as a ``minires.errors.UserError`` and printed as one line."""
+import dataclasses
+import json
+import os
+import sys
+import time
+
+from .cmdline import device_error
+from .errors import CommandError
+from .fileio import atomic_write_bytes
 from .recipes import RECIPES
+
+# What --resume compares with the run's saved config.json: the settings that
+# change what the run computes.  --progress, --device and the MPI flags may
+# change from one session of a run to the next.
+RESUME_CHECKED = ("model", "data", "epochs", "batch_size", "lr", "schedule", "momentum",
+                  "nesterov", "weight_decay", "label_smoothing", "warmup_epochs", "seed",
+                  "time_budget", "max_steps", "train_subset")
 
 
 def configure_train(p):
-    p.add_argument("--recipe", choices=sorted(RECIPES), default="fast",
+    p.add_argument("--recipe", choices=sorted(RECIPES), default=None,
                    help="named preset; other flags override it (default: fast)")
     p.add_argument("--model", help="resnet20 (default), resnet32/44/56/110, plain20..., resnet18...")
     p.add_argument("--data", help="CIFAR-10 folder or archive folder (default: $MINIRES_DATA, "
@@ -24,12 +40,17 @@ def configure_train(p):
     p.add_argument("--warmup-epochs", type=float)
     p.add_argument("--out", help="run folder (default runs/<model>)")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--resume", action="store_true", help="continue from OUT/last.ckpt")
+    p.add_argument("--seed", type=int, default=None, help="random seed (default 0)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in OUT from its last.ckpt, with its saved settings")
+    p.add_argument("--resume-override", action="store_true",
+                   help="with --resume: let the flags given change the run's saved settings "
+                        "(recorded in OUT/resume_overrides.jsonl)")
     p.add_argument("--time-budget", type=float, metavar="MINUTES",
                    help="fit the schedule so the run ends within this many minutes")
     p.add_argument("--max-steps", type=int, help="stop after this many optimiser steps")
-    p.add_argument("--train-subset", type=int, help="train on the first N images only")
+    p.add_argument("--train-subset", type=int,
+                   help="train on N images only: a class-balanced sample drawn with --seed")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     d = p.add_argument_group("data-parallel training (launch with mpiexec -n N; needs the mpi extra)")
     d.add_argument("--distributed", action="store_true",
@@ -42,37 +63,64 @@ def configure_train(p):
                         "(default 300)")
 
 
-def _device_error(device):
-    """A clear message when --device cuda cannot work here, else None."""
-    from . import backend
-    if device != "cuda" or backend.gpu_available():
-        return None
-    if backend.cupy_or_none() is None:
-        return ("--device cuda needs CuPy: pip install 'minires[gpu]' (cupy-cuda12x; see the "
-                "README for other CUDA versions)")
-    return "--device cuda: CuPy is installed but sees no CUDA GPU (check nvidia-smi)"
+def _same_setting(name, saved, given):
+    if name == "data" and saved is not None and given is not None:
+        return os.path.abspath(os.path.expanduser(saved)) == os.path.abspath(os.path.expanduser(given))
+    return saved == given
+
+
+def _resumed_config(args, over):
+    """The config of the run in --out, checked against the flags given: a
+    changed setting is an error unless --resume-override, which is recorded."""
+    from .checkpoint import load_checkpoint
+    from .train import TrainConfig
+    out = args.out
+    if out is None:
+        raise CommandError("--resume needs --out, the run folder to continue")
+    last = os.path.join(out, "last.ckpt")
+    if not os.path.exists(last):
+        raise CommandError(f"--resume: no checkpoint {last} to continue from; start the run "
+                           f"without --resume, or give the --out folder of an existing run")
+    cfg_path = os.path.join(out, "config.json")
+    if os.path.exists(cfg_path):
+        with open(cfg_path) as f:
+            saved = json.load(f)
+    else:
+        saved = load_checkpoint(last)["config"]
+    fields = {f.name for f in dataclasses.fields(TrainConfig)}
+    given = {k: v for k, v in over.items() if v is not None and k in RESUME_CHECKED}
+    if args.recipe is not None:  # a recipe given again sets all of its settings
+        given = {**{k: v for k, v in RECIPES[args.recipe].items() if k in RESUME_CHECKED}, **given}
+    changed = {k: (saved.get(k), v) for k, v in given.items() if not _same_setting(k, saved.get(k), v)}
+    if changed and not args.resume_override:
+        listed = ", ".join(f"--{k.replace('_', '-')} {new!r} (the run has {old!r})"
+                           for k, (old, new) in changed.items())
+        raise CommandError(f"--resume: {out} was started with other settings: {listed}; leave "
+                           f"these flags out to continue it as it was, or add --resume-override "
+                           f"to change them")
+    cfg = TrainConfig(**{k: v for k, v in saved.items() if k in fields})
+    for k, (_, new) in changed.items():
+        setattr(cfg, k, new)
+    for k in ("device", "progress", "distributed", "sync_bn", "dist_timeout"):
+        if over.get(k) is not None:
+            setattr(cfg, k, over[k])
+    cfg.out = out
+    if changed:
+        log = os.path.join(out, "resume_overrides.jsonl")
+        before = open(log, "rb").read() if os.path.exists(log) else b""
+        line = json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                           "changed": {k: {"was": old, "now": new}
+                                       for k, (old, new) in changed.items()}})
+        atomic_write_bytes(log, before + line.encode() + b"\n")
+    return cfg
 
 
 def run_train(args):
     from .train import TrainConfig, Trainer, NonFiniteLoss
     if (args.sync_bn or args.dist_timeout is not None) and not args.distributed:
-        print("minires train: error: --sync-bn and --dist-timeout need --distributed",
-              file=sys.stderr)
-        return 2
-    err = _device_error(args.device)
-    if err:
-        print(f"minires train: error: {err}", file=sys.stderr)
-        return 2
-    if args.distributed:
-        from .distributed import DistributedError, import_mpi
-        try:
-            import_mpi()
-        except DistributedError as e:
-            print(f"minires train: error: {e}", file=sys.stderr)
-            return 2
-    if args.download:
-        from .data import download_cifar10, resolve_data_root
-        download_cifar10(resolve_data_root(args.data))
+        raise CommandError("--sync-bn and --dist-timeout need --distributed")
+    if args.resume_override and not args.resume:
+        raise CommandError("--resume-override goes with --resume")
     over = dict(model=args.model, data=args.data, epochs=args.epochs, batch_size=args.batch_size,
                 lr=args.lr, schedule=args.schedule, momentum=args.momentum,
                 nesterov=args.nesterov, weight_decay=args.weight_decay,
@@ -81,9 +129,28 @@ def run_train(args):
                 max_steps=args.max_steps, train_subset=args.train_subset,
                 progress=not args.no_progress, distributed=args.distributed,
                 sync_bn=args.sync_bn, dist_timeout=args.dist_timeout)
-    cfg = TrainConfig.from_recipe(args.recipe, **over)
-    cfg.out = args.out or f"runs/{cfg.model}"
-    trainer = Trainer(cfg)  # a DistributedTrainer (one per rank) with --distributed
+    if args.resume:
+        cfg = _resumed_config(args, over)
+    else:
+        cfg = TrainConfig.from_recipe(args.recipe or "fast", **over)
+        cfg.out = args.out or f"runs/{cfg.model}"
+        if os.path.exists(os.path.join(cfg.out, "last.ckpt")):
+            raise CommandError(f"--out {cfg.out} already holds a run (last.ckpt): continue it "
+                               f"with --resume, or choose another --out")
+    cfg.validate()
+    err = device_error(cfg.device)
+    if err:
+        raise CommandError(err)
+    if args.distributed:
+        from .distributed import DistributedError, import_mpi
+        try:
+            import_mpi()
+        except DistributedError as e:
+            raise CommandError(str(e))
+    if args.download:
+        from .data import download_cifar10, resolve_data_root
+        download_cifar10(resolve_data_root(cfg.data))
+    trainer = Trainer(cfg)  # with --distributed, one MPIRanks worker per rank
     try:
         hist = trainer.run(resume=args.resume)
     except NonFiniteLoss as e:
@@ -111,10 +178,11 @@ def run_eval(args):
     from .checkpoint import load_checkpoint
     from .data import load_cifar10
     from .train import build_model, evaluate
-    err = _device_error(args.device)
+    err = device_error(args.device)
     if err:
-        print(f"minires eval: error: {err}", file=sys.stderr)
-        return 2
+        raise CommandError(err)
+    if args.batch_size < 1:
+        raise CommandError(f"--batch-size must be a whole number >= 1, got {args.batch_size}")
     state = load_checkpoint(args.checkpoint)
     cfg = state["config"]
     model = build_model(cfg["model"])

@@ -2,6 +2,7 @@
 import json
 import os
 
+from .errors import CorruptFileError, MissingExtraError, MissingFileError
 from .fileio import atomic_write
 
 
@@ -12,17 +13,17 @@ def require_matplotlib():
         import matplotlib.pyplot as plt
         return plt
     except ImportError:
-        raise ImportError("plotting needs matplotlib: pip install 'minires[plot]'") from None
+        raise MissingExtraError("plotting needs matplotlib: pip install 'minires[plot]'") from None
 
 
 def read_metrics(run_dir):
     path = os.path.join(run_dir, "metrics.jsonl")
     if not os.path.exists(path):
-        raise FileNotFoundError(f"no metrics.jsonl in {run_dir}: is it a `minires train` run folder?")
+        raise MissingFileError(f"no metrics.jsonl in {run_dir}: is it a `minires train` run folder?")
     with open(path) as f:
         rows = [json.loads(line) for line in f if line.strip()]
     if not rows:
-        raise ValueError(f"{path} holds no epochs yet")
+        raise CorruptFileError(f"{path} holds no epochs yet")
     return rows
 
 

@@ -1,11 +1,18 @@
 """The training loop: epochs, evaluation, metrics, checkpoints and resume.
 
-One step, as data flows: the loader thread yields a normalised, augmented
-float32 NCHW batch (already on the device); ``logits = model(x)``;
-``loss = crit(logits, y)``; ``model.backward(crit.backward())`` fills every
-``p.grad``; ``opt.step()``; ``sched.step()``; ``opt.zero_grad()``.
+One step (``engine.train_step``), as data flows: the loader thread yields a
+normalised, augmented float32 NCHW batch (already on the device);
+``logits = model(x)``; ``loss = crit(logits, y)``;
+``model.backward(crit.backward())`` fills every ``p.grad``; ``opt.step()``;
+``sched.step()``; ``opt.zero_grad()``.
+
+The one ``Trainer`` is given a *workers* strategy: how a step runs across
+the workers of the run.  ``OneProcess`` (below) is one process on all its
+cores; ``minires.distributed.MPIRanks`` is one replica per MPI rank.  The
+strategy loads the data and the checkpoint, builds the model and the
+loader, runs a step, sums counters over the workers and agrees on a value;
+the Trainer does the rest the same way for both.
 """
-import copy
 import json
 import math
 import os
@@ -14,12 +21,16 @@ from dataclasses import dataclass, asdict, field
 
 import numpy as np
 
-from . import backend, models, nn, optim
+from . import backend, nn
 from . import random as mr_random
 from .checkpoint import save_checkpoint, load_checkpoint
+from .engine import (NonFiniteLoss, build_model, build_optimizer, build_schedule, evaluate,
+                     probe_step_time, train_step)
+from .errors import ConfigError
 from .fileio import atomic_write_bytes
-from .grad_mode import no_grad
 from .recipes import RECIPES
+
+_probe_step_time = probe_step_time  # the name before engine.py; kept for scripts
 
 
 @dataclass
@@ -54,165 +65,167 @@ class TrainConfig:
     dist_timeout: float = 300.0         # seconds a collective waits for a peer before aborting
     fitted: dict = field(default_factory=dict)  # the schedule as fitted (epochs, total steps)
 
+    def validate(self):
+        """Every setting in range, before any data is loaded or model built: a
+        ConfigError naming the flag (``batch_size`` is ``--batch-size``)."""
+        def bad(name, rule):
+            value = getattr(self, name)
+            return ConfigError(f"--{name.replace('_', '-')} must be {rule}, got {value!r}")
+        from .errors import UnknownModelError
+        from .models import check_name
+        try:
+            check_name(self.model)
+        except UnknownModelError as e:
+            raise UnknownModelError(f"--model: {e}") from None
+        for name in ("epochs", "batch_size", "eval_batch_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise bad(name, "a whole number >= 1")
+        for name in ("max_steps", "train_subset"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < 1):
+                raise bad(name, "a whole number >= 1")
+        finite = lambda v: isinstance(v, (int, float)) and math.isfinite(v)  # noqa: E731
+        if not finite(self.lr) or self.lr <= 0:
+            raise bad("lr", "a positive number")
+        if self.time_budget is not None and (not finite(self.time_budget) or self.time_budget <= 0):
+            raise bad("time_budget", "a positive number of minutes")
+        if not finite(self.momentum) or not 0 <= self.momentum < 1:
+            raise bad("momentum", "in [0, 1)")
+        if not finite(self.weight_decay) or self.weight_decay < 0:
+            raise bad("weight_decay", ">= 0")
+        if not finite(self.label_smoothing) or not 0 <= self.label_smoothing < 1:
+            raise bad("label_smoothing", "in [0, 1)")
+        if not finite(self.warmup_epochs) or self.warmup_epochs < 0:
+            raise bad("warmup_epochs", ">= 0")
+        if self.schedule not in SCHEDULES:
+            raise bad("schedule", f"one of {', '.join(SCHEDULES)}")
+        if not finite(self.dist_timeout) or self.dist_timeout <= 0:
+            raise bad("dist_timeout", "a positive number of seconds")
+        return self
+
     @classmethod
     def from_recipe(cls, name, **overrides):
         if name not in RECIPES:
-            raise ValueError(f"unknown recipe {name!r}; recipes: {sorted(RECIPES)}")
+            raise ConfigError(f"unknown recipe {name!r}; recipes: {sorted(RECIPES)}")
         kw = dict(RECIPES[name])
         kw.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**kw)
 
 
 NUM_CLASSES = 10  # CIFAR-10
+SCHEDULES = ("onecycle", "multistep", "cosine", "constant")
 
 
-class NonFiniteLoss(RuntimeError):
-    pass
+BUDGET_MARGIN = 0.95  # of the time left: logging, checkpoints and noise
 
 
-def build_model(name, num_classes=10):
-    fn = getattr(models, name, None)
-    if fn is None or not callable(fn):
-        raise ValueError(f"unknown model {name!r}")
-    return fn(num_classes=num_classes)
-
-
-def build_optimizer(model, cfg):
-    params = (optim.split_decay_groups(model, cfg.weight_decay) if cfg.no_decay_bn_bias
-              else model.parameters())
-    return optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
-                     weight_decay=cfg.weight_decay)
-
-
-def build_schedule(opt, cfg, total_steps, steps_per_epoch):
-    """Schedules step once per iteration."""
-    if cfg.schedule == "onecycle":
-        return optim.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total_steps,
-                                pct_start=cfg.pct_start)
-    if cfg.schedule == "multistep":
-        return optim.MultiStepLR(opt, [int(0.5 * total_steps), int(0.75 * total_steps)], 0.1)
-    if cfg.schedule == "cosine":
-        warm = int(cfg.warmup_epochs * steps_per_epoch)
-        cos = optim.CosineAnnealingLR(opt, max(1, total_steps - warm))
-        if warm == 0:
-            return cos
-        return optim.SequentialLR(opt, [optim.LinearLR(opt, 0.1, 1.0, warm), cos], [warm])
-    if cfg.schedule == "constant":
-        return optim.MultiStepLR(opt, [], 1.0)
-    raise ValueError(f"unknown schedule {cfg.schedule!r}: onecycle, multistep, cosine, constant")
-
-
-def evaluate(model, images, labels, batch_size=500, device="cpu", dtype="float32"):
-    """Mean loss and accuracy over a whole split, in eval mode, keeping no caches."""
-    from .data import normalize
-    crit = nn.CrossEntropyLoss()
-    was_training = model.training
-    model.eval()
-    total_loss, correct = 0.0, 0
-    with no_grad():
-        for i in range(0, len(labels), batch_size):
-            x = backend.to_device(normalize(images[i:i + batch_size], dtype=np.dtype(dtype)), device)
-            y = backend.to_device(labels[i:i + batch_size], device)
-            logits = model(x)
-            total_loss += float(crit(logits, y)) * len(y)
-            correct += int((logits.argmax(axis=1) == y).sum())
-    model.train(was_training)
-    n = len(labels)
-    return total_loss / n, correct / n
-
-
-def train_step(model, crit, opt, sched, x, y):
-    """One SGD step; returns the loss (a 0-d array on the batch's backend) and logits."""
-    logits = model(x)
-    loss = crit(logits, y)
-    model.backward(crit.backward())
-    opt.step()
-    sched.step()
-    opt.zero_grad()
-    return loss, logits
-
-
-def _probe_step_time(model, cfg, images, labels, steps=8, warmup=2, batch_size=None,
-                     step_fn=None):
-    """Seconds per training step and per eval image, timed on a throwaway copy so
-    neither the weights nor any random stream of the real run change.
-    ``batch_size`` and ``step_fn`` (default ``train_step``) let a distributed run
-    time its own per-rank step."""
-    from .data import normalize
-    rng_state = mr_random.get_rng_state()
-    probe = copy.deepcopy(model)
-    opt = build_optimizer(probe, cfg)
-    sched = optim.MultiStepLR(opt, [], 1.0)
-    crit = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
-    b = min(batch_size or cfg.batch_size, len(labels))
-    step_fn = step_fn or train_step
-    x = backend.to_device(normalize(images[:b], dtype=np.dtype(cfg.dtype)), cfg.device)
-    y = backend.to_device(labels[:b], cfg.device)
-    times = []
-    for _ in range(steps + warmup):
-        t0 = time.perf_counter()
-        float(step_fn(probe, crit, opt, sched, x, y)[0])
-        times.append(time.perf_counter() - t0)
-    step_time = float(np.median(times[warmup:]))
-    probe.eval()
-    nb = min(cfg.eval_batch_size, len(labels))
-    xe = backend.to_device(normalize(images[:nb], dtype=np.dtype(cfg.dtype)), cfg.device)
-    eval_times = []
-    with no_grad():
-        for _ in range(2):
-            t0 = time.perf_counter()
-            float(probe(xe).sum())
-            eval_times.append(time.perf_counter() - t0)
-    eval_per_image = min(eval_times) / nb
-    mr_random.set_rng_state(rng_state)
-    return step_time, eval_per_image
-
-
-def fit_schedule(cfg, steps_per_epoch, n_test, step_time=None, eval_per_image=None):
+def fit_schedule(cfg, steps_per_epoch, n_test, step_time=None, eval_per_image=None,
+                 spent_s=0.0):
     """Decide the run's length: epochs and total steps, so that ``--max-steps``
-    and ``--time-budget`` (minutes) are honoured.  Saved with the run so that a
-    resumed run never refits it."""
+    and ``--time-budget`` (minutes) are honoured.  ``spent_s``: seconds the run
+    has used already (loading the data, the probe): the budget covers the
+    whole run.  Saved with the run so that a resumed run never refits it at
+    the start (only when it falls behind, see ``Trainer._refit``)."""
     epochs, total = cfg.epochs, cfg.epochs * steps_per_epoch
     if cfg.time_budget is not None:
-        # 5% margin for logging, checkpoints and noise
         epoch_s = steps_per_epoch * step_time + n_test * eval_per_image
-        fit = int(cfg.time_budget * 60 * 0.95 // epoch_s)
+        fit = int((cfg.time_budget * 60 - spent_s) * BUDGET_MARGIN // epoch_s)
         epochs = max(1, min(epochs, fit))
         total = epochs * steps_per_epoch
     if cfg.max_steps is not None and cfg.max_steps < total:
         total = cfg.max_steps
         epochs = math.ceil(total / steps_per_epoch)
     return {"epochs": epochs, "total_steps": total, "steps_per_epoch": steps_per_epoch,
-            "step_time_s": step_time, "eval_s_per_image": eval_per_image}
+            "step_time_s": step_time, "eval_s_per_image": eval_per_image, "spent_s": spent_s}
+
+
+class OneProcess:
+    """The workers strategy of a run in one process (its ops use every core).
+
+    Each method gets the Trainer; ``minires.distributed.MPIRanks`` has the
+    same methods for one replica per MPI rank."""
+
+    is_main = True  # only the main worker writes files, logs and shows progress
+
+    def load_data(self, trainer):
+        trainer._read_data()
+
+    def steps_per_epoch(self, trainer, n):
+        return math.ceil(n / trainer.cfg.batch_size)
+
+    def load_state(self, trainer):
+        return load_checkpoint(trainer.last_path)
+
+    def build_model(self, trainer):
+        cfg = trainer.cfg
+        return build_model(cfg.model).to(cfg.device, dtype=np.dtype(cfg.dtype))
+
+    def probe(self, trainer, images, labels):
+        return probe_step_time(trainer.model, trainer.cfg, images, labels)
+
+    def after_setup(self, trainer):
+        pass
+
+    def make_loader(self, trainer):
+        from .data import BatchLoader
+        cfg, (images, labels) = trainer.cfg, trainer.train_data
+        return BatchLoader(images, labels, cfg.batch_size, shuffle=True, augment=cfg.augment,
+                           device=cfg.device, dtype=cfg.dtype)
+
+    def train_step(self, trainer, x, y, i):
+        """Step ``i`` of the epoch (``train_step`` looked up at call time: tests
+        and benchmarks patch it)."""
+        return train_step(trainer.model, trainer.crit, trainer.opt, trainer.sched, x, y)
+
+    def sum(self, values):
+        """Sums of per-worker counters over all workers (here: one)."""
+        return list(values)
+
+    def agree(self, value):
+        """One value for all workers (the main worker's)."""
+        return value
+
+    def evaluate(self, trainer):
+        cfg = trainer.cfg
+        return evaluate(trainer.model, *trainer.test_data, cfg.eval_batch_size, cfg.device,
+                        cfg.dtype)
+
+    def run(self, body):
+        return body()
 
 
 class Trainer:
     """Runs ``cfg`` into the folder ``cfg.out``: config.json, metrics.jsonl,
     last.ckpt and best.ckpt.
 
-    With ``cfg.distributed``, ``Trainer(cfg)`` builds a
-    ``minires.distributed.DistributedTrainer`` (one per MPI rank), which fills
-    the hooks below (``_build_model``, ``_make_loader``, ``_train_step``,
-    ``_sum_over_ranks``, ``_evaluate`` ...); only its rank 0 is ``is_main``.
+    ``workers``: how a step runs across workers; by default ``OneProcess()``,
+    or ``minires.distributed.MPIRanks(cfg)`` when ``cfg.distributed`` (so
+    that ``Trainer(TrainConfig(distributed=True)).run()`` under mpiexec just
+    works).  Only the main worker writes files and logs.
     """
 
-    is_main = True  # only the main process writes files, logs and shows progress
-
-    def __new__(cls, cfg=None, *args, **kwargs):
-        # so that `Trainer(TrainConfig(distributed=True)).run()` under mpiexec just works
-        if cls is Trainer and getattr(cfg, "distributed", False):
-            from .distributed.trainer import DistributedTrainer
-            cls = DistributedTrainer
-        return super().__new__(cls)
-
-    def __init__(self, cfg, train_data=None, test_data=None, log=print):
-        self.cfg, self.log = cfg, log
+    def __init__(self, cfg, train_data=None, test_data=None, log=print, workers=None):
+        cfg.validate()
+        if workers is None:
+            if cfg.distributed:
+                from .distributed.trainer import MPIRanks
+                workers = MPIRanks(cfg)
+            else:
+                workers = OneProcess()
+        self.workers = workers
+        self.cfg, self.log = cfg, (log if workers.is_main else _silent)
         self.train_data, self.test_data = train_data, test_data
         self.last_path = os.path.join(cfg.out, "last.ckpt")
         self.best_path = os.path.join(cfg.out, "best.ckpt")
         self.metrics_path = os.path.join(cfg.out, "metrics.jsonl")
 
-    def _load_data(self):
+    @property
+    def is_main(self):
+        return self.workers.is_main
+
+    def _read_data(self):
+        """Read the data set in this process (the workers decide who reads when)."""
         from .data import load_cifar10
         if self.train_data is None:
             self.train_data = load_cifar10(self.cfg.data, split="train")[:2]
@@ -230,25 +243,27 @@ class Trainer:
             self.train_data = (self.train_data[0][idx], self.train_data[1][idx])
 
     def _setup(self, resume):
-        cfg = self.cfg
-        self._load_data()
+        cfg, workers = self.cfg, self.workers
+        workers.load_data(self)
         images, labels = self.train_data
-        steps_per_epoch = self._steps_per_epoch(len(labels))
-        state = self._load_state() if resume else None
+        steps_per_epoch = workers.steps_per_epoch(self, len(labels))
+        state = workers.load_state(self) if resume else None
         if state is not None:
             cfg.fitted = state["config"]["fitted"]  # never refit on resume
         mr_random.manual_seed(cfg.seed)
-        self.model = self._build_model()
+        self.model = workers.build_model(self)
         self.opt = build_optimizer(self.model, cfg)
-        # the labels were range-checked once on the host (_load_data), so the loss
+        # the labels were range-checked once on the host (_read_data), so the loss
         # need not read a flag back from the GPU in every step
         self.crit = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing,
                                         check_targets=backend.normalize_device(cfg.device) == "cpu")
         if not cfg.fitted:
             st = ev = None
             if cfg.time_budget is not None:
-                st, ev = self._probe(images, labels)
-            cfg.fitted = fit_schedule(cfg, steps_per_epoch, len(self.test_data[1]), st, ev)
+                st, ev = workers.probe(self, images, labels)
+            cfg.fitted = fit_schedule(cfg, steps_per_epoch, len(self.test_data[1]), st, ev,
+                                      spent_s=time.perf_counter() - self._t_run)
+            self._log_plan()
         self.sched = build_schedule(self.opt, cfg, cfg.fitted["total_steps"], steps_per_epoch)
         self.epoch, self.step, self.best_acc, self.history = 0, 0, -1.0, []
         if state is not None:
@@ -259,7 +274,7 @@ class Trainer:
             self.epoch, self.step = state["epoch"], state["step"]
             self.best_acc, self.history = state["best_acc"], state["history"]
             self.log(f"resumed {cfg.out} at epoch {self.epoch}, step {self.step}")
-        self._after_setup()
+        workers.after_setup(self)
         if not self.is_main:
             return
         os.makedirs(cfg.out, exist_ok=True)
@@ -269,43 +284,8 @@ class Trainer:
         atomic_write_bytes(self.metrics_path,
                            "".join(json.dumps(m) + "\n" for m in self.history).encode())
 
-    # ---- hooks: one process here; minires.distributed.DistributedTrainer overrides them
-    def _steps_per_epoch(self, n):
-        return math.ceil(n / self.cfg.batch_size)
-
-    def _load_state(self):
-        return load_checkpoint(self.last_path)
-
-    def _build_model(self):
-        return build_model(self.cfg.model).to(self.cfg.device, dtype=np.dtype(self.cfg.dtype))
-
-    def _probe(self, images, labels):
-        return _probe_step_time(self.model, self.cfg, images, labels)
-
-    def _after_setup(self):
-        pass
-
-    def _make_loader(self):
-        from .data import BatchLoader
-        cfg, (images, labels) = self.cfg, self.train_data
-        return BatchLoader(images, labels, cfg.batch_size, shuffle=True, augment=cfg.augment,
-                           device=cfg.device, dtype=cfg.dtype)
-
-    def _train_step(self, x, y, i):
-        """Step ``i`` of the epoch (looked up at call time: tests patch train_step)."""
-        return train_step(self.model, self.crit, self.opt, self.sched, x, y)
-
-    def _sum_over_ranks(self, values):
-        """Sums of per-process counters over all processes (here: one)."""
-        return list(values)
-
     def _evaluate(self):
-        cfg = self.cfg
-        return evaluate(self.model, *self.test_data, cfg.eval_batch_size, cfg.device, cfg.dtype)
-
-    def _agree(self, flag):
-        """One decision for all processes (rank 0's, when distributed)."""
-        return flag
+        return self.workers.evaluate(self)
 
     def _checkpoint_state(self):
         return {"model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
@@ -316,7 +296,7 @@ class Trainer:
     def _train_epoch(self):
         from tqdm import tqdm
         cfg = self.cfg
-        loader = self._make_loader()
+        loader = self.workers.make_loader(self)
         left = cfg.fitted["total_steps"] - self.step
         n_batches = min(len(loader), left)
         bar = tqdm(total=n_batches, desc=f"epoch {self.epoch + 1}/{cfg.fitted['epochs']}",
@@ -327,13 +307,13 @@ class Trainer:
         for i, (x, y) in enumerate(loader):
             if i >= n_batches:
                 break
-            loss, logits = self._train_step(x, y, i)
+            loss, logits = self.workers.train_step(self, x, y, i)
             self.step += 1
             # loss and hits stay on the device; read every 10 steps (one sync, not ten)
             pending.append((loss * len(y), (logits.argmax(axis=1) == y).sum(), len(y)))
             if len(pending) == 10 or i == n_batches - 1:
                 # summed over the ranks when distributed, so every rank sees the same numbers
-                window, hits, count = self._sum_over_ranks(
+                window, hits, count = self.workers.sum(
                     [sum(float(v) for v, _, _ in pending), sum(int(c) for _, c, _ in pending),
                      sum(n for _, _, n in pending)])
                 correct += int(hits)
@@ -353,11 +333,63 @@ class Trainer:
         bar.close()
         return loss_sum / max(seen, 1), correct / max(seen, 1), seen / (time.perf_counter() - t0)
 
+    def _log_plan(self):
+        f, cfg = self.cfg.fitted, self.cfg
+        line = (f"plan: {f['epochs']} epochs, {f['total_steps']} steps "
+                f"({f['steps_per_epoch']} per epoch)")
+        if cfg.time_budget is not None:
+            line += (f" to fit --time-budget {cfg.time_budget:g} min: the probe measured "
+                     f"{1000 * f['step_time_s']:.0f} ms per step and "
+                     f"{1000 * f['eval_s_per_image']:.2f} ms per test image; loading and "
+                     f"the probe took {time.perf_counter() - self._t_run:.0f} s")
+        self.log(line)
+
+    def _epochs_that_fit(self, epoch_s):
+        """Whole epochs of ``epoch_s`` seconds left in the time budget."""
+        left = self.cfg.time_budget * 60 - (time.perf_counter() - self._t_run)
+        return max(0, int(left * BUDGET_MARGIN // epoch_s))
+
+    def _refit(self, epoch_s):
+        """Behind the probe's pace (a loaded machine): shorten the remaining
+        schedule so that it still ends (lr annealed) within the budget.
+        Returns False when not even one more epoch fits."""
+        cfg, f = self.cfg, self.cfg.fitted
+        fits = self.workers.agree(self._epochs_that_fit(epoch_s))
+        planned = f["epochs"] - self.epoch
+        if fits >= planned:
+            return True
+        if fits == 0:
+            self.log(f"time budget: an epoch now takes {epoch_s:.0f} s and no other fits in "
+                     f"--time-budget {cfg.time_budget:g} min; stopping at epoch {self.epoch}")
+            return False
+        epochs = self.epoch + fits
+        total = min(f["total_steps"], epochs * f["steps_per_epoch"])
+        self.sched = build_schedule(self.opt, cfg, total, f["steps_per_epoch"])
+        self.sched.last_epoch = self.step  # the same closed form, squeezed into fewer steps
+        self.sched._apply()
+        cfg.fitted = {**f, "epochs": epochs, "total_steps": total,
+                      "refitted": f.get("refitted", []) + [
+                          {"at_epoch": self.epoch, "epoch_s": round(epoch_s, 3),
+                           "epochs_before": f["epochs"]}]}
+        self.log(f"time budget: behind the probe's pace ({epoch_s:.0f} s per epoch); the "
+                 f"schedule now ends after {epochs} epochs ({total} steps)")
+        if self.is_main:  # the run folder says what the budget bought, refits included
+            atomic_write_bytes(os.path.join(cfg.out, "config.json"),
+                               json.dumps(asdict(cfg), indent=2).encode())
+        return True
+
     def run(self, resume=False):
+        """Train (or continue, with ``resume``) to the end of the plan; returns
+        the per-epoch metrics."""
+        return self.workers.run(lambda: self._run(resume))
+
+    def _run(self, resume):
         cfg = self.cfg
+        self._t_run = time.perf_counter()  # the budget counts loading and the probe too
         self._setup(resume)
         t_start = time.perf_counter()
         while self.epoch < cfg.fitted["epochs"] and self.step < cfg.fitted["total_steps"]:
+            t_epoch = time.perf_counter()
             tl, ta, ips = self._train_epoch()
             vl, va = self._evaluate()
             self.epoch += 1
@@ -372,13 +404,19 @@ class Trainer:
                 with open(self.metrics_path, "a") as f:
                     f.write(json.dumps(m) + "\n")
                 state = self._checkpoint_state()
-                save_checkpoint(self.last_path, state)
+                # best before last: killed between the two writes, the run resumes
+                # from the previous last.ckpt and redoes this epoch, so best.ckpt
+                # is never left behind the epoch it should hold
                 if best:
                     save_checkpoint(self.best_path, state)
+                save_checkpoint(self.last_path, state)
             self.log(f"epoch {self.epoch}/{cfg.fitted['epochs']}  train loss {tl:.4f} acc "
                      f"{ta:.4f}  test loss {vl:.4f} acc {va:.4f}  {ips:.0f} img/s")
-            if self._agree(cfg.time_budget is not None
-                           and time.perf_counter() - t_start > cfg.time_budget * 60):
-                self.log("time budget reached; stopping")
-                break
+            if cfg.time_budget is not None and self.epoch < cfg.fitted["epochs"]:
+                if not self._refit(time.perf_counter() - t_epoch):
+                    break
         return self.history
+
+
+def _silent(*args, **kwargs):
+    pass

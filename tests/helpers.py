@@ -62,6 +62,10 @@ def numerical_grad(f, a, h=1e-6):
     """Central differences of the scalar f() with respect to array a (in place)."""
     g = np.zeros_like(a)
     flat, gflat = a.reshape(-1), g.reshape(-1)
+    # a non-contiguous a reshapes to a COPY: perturbing it would leave a (and
+    # f) unchanged and every numerical gradient silently 0
+    assert np.shares_memory(flat, a), "numerical_grad: a must be contiguous (reshape made a copy)"
+    assert np.shares_memory(gflat, g)
     for i in range(flat.size):
         orig = flat[i]
         flat[i] = orig + h

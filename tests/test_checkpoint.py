@@ -90,3 +90,85 @@ def test_atomic_write_uses_the_umask(tmp_path):
     finally:
         os.umask(old)
     assert stat.S_IMODE(os.stat(tmp_path / "g.bin").st_mode) == 0o640
+
+
+# ---------------------------------------------------------------- disk full, kills
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _child(code, tmp_path, limit_bytes=None):
+    """Run ``code`` in a fresh interpreter, optionally under a file-size limit
+    (``ulimit -f``: a write past it fails with EFBIG, as a full disk does)."""
+    import resource
+    import subprocess
+    import sys
+
+    def limit():
+        if limit_bytes is not None:
+            resource.setrlimit(resource.RLIMIT_FSIZE, (limit_bytes, limit_bytes))
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=tmp_path, env=dict(os.environ, PYTHONPATH=ROOT),
+                          preexec_fn=limit, timeout=120)
+
+
+def test_disk_full_keeps_the_previous_checkpoint(tmp_path):
+    path = tmp_path / "last.ckpt"
+    save_checkpoint(str(path), {"epoch": 1, "w": np.arange(10.0)})
+    before = path.read_bytes()
+    code = ("import numpy as np\n"
+            "from minires.checkpoint import save_checkpoint\n"
+            "from minires.errors import DiskFullError\n"
+            "try:\n"
+            "    save_checkpoint('last.ckpt', {'epoch': 2, 'w': np.zeros(1_000_000)})\n"
+            "except DiskFullError as e:\n"
+            "    print('refused:', e)\n")
+    proc = _child(code, tmp_path, limit_bytes=256 << 10)
+    assert proc.returncode == 0, proc.stderr
+    assert "refused: could not write" in proc.stdout and "last.ckpt" in proc.stdout
+    assert "previous version is kept" in proc.stdout
+    assert path.read_bytes() == before
+    assert load_checkpoint(str(path))["epoch"] == 1
+    assert sorted(os.listdir(tmp_path)) == ["last.ckpt"]  # no temp file left
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_a_kill_during_checkpoint_writes_leaves_a_loadable_file(tmp_path, seed):
+    """A process rewrites one checkpoint in a loop and is SIGKILLed at a random
+    moment: last.ckpt is always one whole checkpoint, and the temp file the
+    killed write left is removed by the next write of that path."""
+    import signal
+    import subprocess
+    import sys
+    import time
+    from minires.fileio import remove_stale_temps
+    code = ("import numpy as np\n"
+            "from minires.checkpoint import save_checkpoint\n"
+            "for i in range(100000):\n"
+            "    save_checkpoint('last.ckpt', {'i': i, 'w': np.full(300_000, float(i))})\n")
+    proc = subprocess.Popen([sys.executable, "-c", code], cwd=tmp_path,
+                            env=dict(os.environ, PYTHONPATH=ROOT))
+    path = tmp_path / "last.ckpt"
+    deadline = time.time() + 60
+    while not path.exists() and time.time() < deadline:
+        time.sleep(0.01)
+    time.sleep(np.random.default_rng(seed).uniform(0.0, 0.4))
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    state = load_checkpoint(str(path))
+    assert np.all(state["w"] == float(state["i"]))
+    leftovers = [n for n in os.listdir(tmp_path) if n.endswith(".tmp")]
+    save_checkpoint(str(path), {"i": -1, "w": np.zeros(3)})  # the next write cleans up
+    assert [n for n in os.listdir(tmp_path) if n.endswith(".tmp")] == []
+    assert remove_stale_temps(str(path)) == []
+    assert len(leftovers) <= 1
+
+
+def test_a_live_writers_temp_file_is_left_alone(tmp_path):
+    from minires.fileio import remove_stale_temps
+    mine = tmp_path / f".last.ckpt.{os.getpid()}.abc.tmp"   # this (live) process
+    dead = tmp_path / ".last.ckpt.999999999.abc.tmp"        # no such process
+    mine.write_bytes(b"x")
+    dead.write_bytes(b"x")
+    assert remove_stale_temps(str(tmp_path / "last.ckpt")) == [dead.name]
+    assert mine.exists() and not dead.exists()

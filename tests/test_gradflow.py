@@ -349,8 +349,7 @@ def test_command_rejects_bad_arguments(argv, match):
 
 def test_registered_in_the_cli(tmp_path, monkeypatch):
     from minires import cli
-    if "gradflow" not in cli.SUBCOMMANDS:
-        pytest.skip("gradflow is not registered in minires/cli.py yet")
+    assert "gradflow" in cli.SUBCOMMANDS
     monkeypatch.delenv("MINIRES_DATA", raising=False)
     assert cli.main(["gradflow", "--models", "resnet8", "--steps", "1", "--batch-size", "4",
                      "--probe-size", "4", "--out", str(tmp_path / "g.png")]) == 0

@@ -132,6 +132,10 @@ def test_fit_schedule_honours_time_budget_and_max_steps():
     # 10 steps of 1 s and 100 test images at 10 ms: 11 s an epoch; 57 s usable -> 5 epochs
     fitted = fit_schedule(cfg, steps_per_epoch=10, n_test=100, step_time=1.0, eval_per_image=0.01)
     assert (fitted["epochs"], fitted["total_steps"]) == (5, 50)
+    # the same with 5 s already spent loading the data: 52.25 s usable -> 4 epochs
+    fitted = fit_schedule(cfg, steps_per_epoch=10, n_test=100, step_time=1.0, eval_per_image=0.01,
+                          spent_s=5.0)
+    assert (fitted["epochs"], fitted["total_steps"]) == (4, 40)
     cfg = TrainConfig(epochs=10, max_steps=23)
     fitted = fit_schedule(cfg, steps_per_epoch=10, n_test=100)
     assert (fitted["epochs"], fitted["total_steps"]) == (3, 23)
@@ -144,10 +148,15 @@ def test_time_budget_run_is_fitted_once_and_not_refitted_on_resume(tmp_path):
                       progress=False, time_budget=0.05, schedule="onecycle")
     hist = Trainer(cfg, train, test, log=lambda *_: None).run()
     fitted = json.load(open(os.path.join(out, "config.json")))["fitted"]
-    # the epochs that fit follow from the measured probe (no wall-clock assertion here:
-    # speed belongs in benchmarks)
+    # the epochs that fit follow from the measured probe and the time loading and
+    # the probe took (no wall-clock assertion here: speed belongs in benchmarks);
+    # a refit (if the run fell behind the probe's pace) keeps the first plan
     epoch_s = 2 * fitted["step_time_s"] + 32 * fitted["eval_s_per_image"]
-    assert fitted["epochs"] == max(1, min(50, int(0.05 * 60 * 0.95 // epoch_s)))
+    planned = fitted["refitted"][0]["epochs_before"] if fitted.get("refitted") else fitted["epochs"]
+    usable = 0.95 * (0.05 * 60 - fitted["spent_s"])  # 95% of what loading and the probe left
+    assert 1 <= planned <= 50
+    assert planned == 1 or planned * epoch_s <= usable   # the plan fits ...
+    assert planned == 50 or (planned + 1) * epoch_s > usable  # ... and one more epoch would not
     assert fitted["total_steps"] == 2 * fitted["epochs"]
     assert len(hist) <= fitted["epochs"]  # the run may also stop early at the budget
     cfg2 = TrainConfig(model="resnet20", epochs=50, batch_size=32, lr=0.05, out=out,
@@ -167,7 +176,124 @@ def test_plot_writes_png(tiny_cifar, tmp_path):
     assert open(png, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
 
 
-def test_missing_data_is_a_clear_error(tmp_path):
-    with pytest.raises(FileNotFoundError, match="CIFAR-10 .* not found"):
-        main(["train", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o"),
-              "--no-progress"])
+def test_missing_data_is_a_clear_error(tmp_path, capsys):
+    assert main(["train", "--data", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o"),
+                 "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("minires train: error: CIFAR-10 (train) not found under")
+
+
+# ---------------------------------------------------------------- run folders (hardening)
+
+def test_best_is_written_before_last_so_a_kill_between_them_cannot_leave_it_stale(tmp_path,
+                                                                                   monkeypatch):
+    """Epoch 2 is the best.  The process dies right after the first checkpoint
+    write of epoch 2: with best written first, the resumed run redoes epoch 2
+    and best.ckpt ends up holding it (written last-first, best.ckpt would keep
+    epoch 1 for ever: the resumed run already counts 0.5 as its best)."""
+    import minires.train as tr
+    train, test = _tiny_arrays()
+    accuracies = [0.1, 0.5, 0.3]
+
+    def scripted_evaluate(self):
+        return 1.0, accuracies[self.epoch]
+
+    monkeypatch.setattr(tr.Trainer, "_evaluate", scripted_evaluate)
+
+    class Killed(BaseException):
+        pass
+
+    real_save, writes = tr.save_checkpoint, []
+
+    def dying_save(path, state):
+        real_save(path, state)
+        writes.append(os.path.basename(path))
+        if state["epoch"] == 2:
+            raise Killed  # as if SIGKILLed right after this write
+
+    def cfg():
+        return TrainConfig(model="resnet20", epochs=3, batch_size=32, lr=0.05,
+                           out=str(tmp_path / "r"), progress=False)
+    monkeypatch.setattr(tr, "save_checkpoint", dying_save)
+    with pytest.raises(Killed):
+        Trainer(cfg(), train, test, log=lambda *a: None).run()
+    assert writes[-1] == "best.ckpt"  # epoch 2's first write was best.ckpt
+    assert load_checkpoint(str(tmp_path / "r" / "last.ckpt"))["epoch"] == 1
+    monkeypatch.setattr(tr, "save_checkpoint", real_save)
+    Trainer(cfg(), train, test, log=lambda *a: None).run(resume=True)
+    best = load_checkpoint(str(tmp_path / "r" / "best.ckpt"))
+    assert best["epoch"] == 2 and best["best_acc"] == 0.5
+    assert load_checkpoint(str(tmp_path / "r" / "last.ckpt"))["epoch"] == 3
+
+
+def test_resume_refuses_changed_settings_unless_overridden(tiny_cifar, tmp_path, capsys):
+    out = str(tmp_path / "run")
+    assert main(_train_args(tiny_cifar, out)) == 0
+    config_before = open(os.path.join(out, "config.json")).read()
+    capsys.readouterr()
+    # the same flags again, or none at all: the run continues as it was
+    assert main(_train_args(tiny_cifar, out, "--resume")) == 0
+    assert main(["train", "--resume", "--out", out, "--no-progress"]) == 0
+    assert json.loads(open(os.path.join(out, "config.json")).read())["lr"] == 0.05
+    capsys.readouterr()
+    # a changed learning rate and batch size: refused, naming both, config.json untouched
+    assert main(["train", "--resume", "--out", out, "--lr", "0.1", "--batch-size", "16"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("minires train: error: --resume:") and len(err.splitlines()) == 1
+    assert "--lr 0.1 (the run has 0.05)" in err and "--batch-size 16 (the run has 32)" in err
+    assert json.loads(open(os.path.join(out, "config.json")).read()) == json.loads(config_before)
+    # with --resume-override the change goes through and is recorded
+    assert main(["train", "--resume", "--resume-override", "--out", out, "--lr", "0.1",
+                 "--no-progress"]) == 0
+    record = [json.loads(line) for line in open(os.path.join(out, "resume_overrides.jsonl"))]
+    assert record[-1]["changed"] == {"lr": {"was": 0.05, "now": 0.1}}
+    assert json.loads(open(os.path.join(out, "config.json")).read())["lr"] == 0.1
+
+
+def test_a_full_disk_stops_the_run_with_one_line(tiny_cifar, tmp_path):
+    import resource
+    limit = 1 << 20  # the data and config.json fit; a 2 MB ResNet-20 checkpoint does not
+
+    def small_files():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    out = str(tmp_path / "full")
+    proc = subprocess.run([sys.executable, "-m", "minires", *_train_args(tiny_cifar, out)],
+                          capture_output=True, text=True, preexec_fn=small_files, timeout=300,
+                          env=dict(os.environ, PYTHONPATH=ROOT,
+                                   MINIRES_CACHE=str(tmp_path / "cache")))
+    assert proc.returncode == 2, proc.stderr
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert "Traceback" not in proc.stderr and len(lines) == 1, proc.stderr
+    assert lines[0].startswith("minires train: error: could not write") and ".ckpt" in lines[0]
+    assert not [n for n in os.listdir(out) if n.endswith(".tmp")]
+
+
+def test_time_budget_is_a_ceiling_when_the_steps_slow_down(tmp_path, monkeypatch):
+    """A 9-second budget; from the fourth epoch on every step is slowed by a
+    sleep (a machine that got busy after the probe).  The run prints its plan
+    first, refits the rest of the schedule, still anneals the lr to its end,
+    and ends within the budget plus 2%, loading and probe included."""
+    import minires.train as tr
+    train, test = _tiny_arrays()
+    budget_min, logs = 0.15, []
+    cfg = TrainConfig(model="resnet20", epochs=500, batch_size=32, lr=0.05,
+                      out=str(tmp_path / "b"), progress=False, time_budget=budget_min)
+    trainer = Trainer(cfg, train, test, log=logs.append)
+    real_step = tr.train_step
+
+    def busy_machine_step(*a):
+        if getattr(trainer, "epoch", 0) >= 3:
+            time.sleep(0.15)
+        return real_step(*a)
+    monkeypatch.setattr(tr, "train_step", busy_machine_step)
+    t0 = time.perf_counter()
+    trainer.run()
+    wall = time.perf_counter() - t0
+    assert logs[0].startswith("plan: ") and "--time-budget 0.15 min" in logs[0]
+    assert any("behind the probe's pace" in line for line in logs), logs
+    assert cfg.fitted["refitted"] and cfg.fitted["epochs"] == trainer.epoch
+    saved = json.load(open(os.path.join(cfg.out, "config.json")))["fitted"]
+    assert saved["refitted"] == cfg.fitted["refitted"]
+    assert trainer.step == cfg.fitted["total_steps"]  # the schedule ran to its end ...
+    assert trainer.opt.param_groups[0]["lr"] < 1e-3 * cfg.lr  # ... and annealed the lr
+    assert wall <= budget_min * 60 * 1.02, f"the run took {wall:.1f} s"

@@ -18,6 +18,7 @@ import zlib
 
 import numpy as np
 
+from ..errors import CorruptFileError
 from ..fileio import atomic_write
 
 # Bump when the stored layout or the decoding changes: old files then miss.
@@ -25,7 +26,7 @@ CACHE_FORMAT = 1
 _CHUNK = 1 << 20
 
 
-class CorruptDataError(RuntimeError):
+class CorruptDataError(CorruptFileError, RuntimeError):
     """A data file (archive, member, download or cache) is truncated, damaged
     or fails its checksum.  The message names the file."""
 

@@ -18,6 +18,7 @@ import pickle
 
 import numpy as np
 
+from ..errors import MissingFileError
 from .cache import CorruptDataError, file_digest, load_or_build, source_digest
 from .download import CIFAR10_MD5, CIFAR10_URL, download_cifar10
 from .imagefolder import read_image_folder, tar_files
@@ -204,12 +205,12 @@ def load_cifar10(root=None, split="train", download=False, cache_dir=None):
     found = find_cifar10(root, split)
     if found is None:
         if not download:
-            looked = "\n".join(f"  {path}" + ("/" if kind.endswith("folder") else "")
+            looked = ", ".join(os.path.basename(path) + ("/" if kind.endswith("folder") else "")
                                for kind, path in candidates(root, split))
-            raise FileNotFoundError(
-                f"CIFAR-10 ({split}) not found under {root}; looked for:\n{looked}\n"
-                "Pass download=True (--download on the command line) to fetch the official "
-                "archive, or point root (or $MINIRES_DATA) at a folder holding one of these.")
+            raise MissingFileError(
+                f"CIFAR-10 ({split}) not found under {root} (looked for {looked}); pass "
+                "download=True (--download on the command line) to fetch the official "
+                "archive, or point root (--data, $MINIRES_DATA) at a folder holding one of these")
         found = ("python-archive", download_cifar10(root, url=CIFAR10_URL, md5=CIFAR10_MD5))
     kind, path = found
     if kind == "python-folder":

@@ -17,6 +17,7 @@ import zlib
 
 import numpy as np
 
+from ..errors import MissingExtraError
 from .cache import CorruptDataError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".gif", ".webp", ".tif", ".tiff")
@@ -26,7 +27,7 @@ def _pillow():
     try:
         from PIL import Image
     except ImportError as e:
-        raise ImportError("reading image folders (JPEG/PNG) needs Pillow: "
+        raise MissingExtraError("reading image folders (JPEG/PNG) needs Pillow: "
                           "pip install 'minires[jpeg]'") from e
     return Image
 
@@ -75,9 +76,15 @@ def tar_files(path, keep):
 
 
 def _folder_members(path):
-    """(relative name, bytes) for every image under a folder, in sorted order."""
+    """(relative name, bytes) for every image under a folder, in sorted order.
+    A folder with neither images nor subfolders (an empty class) is an error:
+    skipping it would renumber the classes after it."""
     for dirpath, dirnames, filenames in os.walk(path):
         dirnames.sort()
+        if dirpath != path and not dirnames and not any(_is_image(n) for n in filenames):
+            raise CorruptDataError(f"{dirpath}: a class folder with no images (expected "
+                                   f"files ending in one of {', '.join(IMAGE_EXTENSIONS)}); "
+                                   f"remove it or add its images")
         for name in sorted(filenames):
             if _is_image(name):
                 full = os.path.join(dirpath, name)
@@ -117,14 +124,27 @@ def read_image_folder(path, image_size=(32, 32), known_order=None):
     Returns ``(images, labels, class_names)``: uint8 N×H×W×3, int64 N, and a
     list of names where ``labels`` index.  Images are sorted by (class, name),
     so the result does not depend on the order of members in an archive.
+
+    Conversions: grey, palette and RGBA images become RGB (alpha dropped);
+    files that are not images (by extension) and dot-files are skipped.
+    Errors (``CorruptDataError``, naming the file): an image that does not
+    decode (truncated, damaged), one of another size than ``image_size``, an
+    image outside a class folder, an empty class folder, a member path that is
+    absolute or holds '..'.  Nothing is written anywhere: archives are read
+    in memory.
     """
     Image = _pillow()
     is_dir = os.path.isdir(path)
     members = _folder_members(path) if is_dir else tar_files(path, _is_image)
     names, classes, pixels, prefixes = [], [], [], set()
     for name, data in members:
-        parts = name.strip("/").split("/")
         where = f"{path}/{name}" if is_dir else f"{path}: member {name}"
+        if name.startswith("/") or ".." in name.split("/"):
+            # nothing is extracted to disk, but such a name would still pick
+            # the class from outside the archive's own tree: refuse it
+            raise CorruptDataError(f"{where}: unsafe member path (absolute or with '..'); "
+                                   f"refused")
+        parts = name.strip("/").split("/")
         if len(parts) < 2:
             raise CorruptDataError(f"{where}: image is not inside a class folder "
                                    "(expected <class>/<image>)")

@@ -10,8 +10,8 @@
   each global batch split across the ranks, every sample once per epoch.
 * ``GradientAllreducer``: gradients summed across ranks in ~4 MB buckets.
 * ``SyncBatchNorm`` / ``convert_sync_batchnorm``: torch's synchronised batch norm.
-* ``DistributedTrainer``: the Trainer for one rank (``Trainer(cfg)`` builds it
-  when ``cfg.distributed``); only rank 0 writes files and prints.
+* ``MPIRanks``: the Trainer's workers strategy for one rank (``Trainer(cfg)``
+  picks it when ``cfg.distributed``); only rank 0 writes files and prints.
 
 Importing this package does not import mpi4py (that starts MPI): a
 communicator does, when created.
@@ -21,10 +21,10 @@ from .comm import DEFAULT_TIMEOUT, DistributedError, MPIComm, import_mpi
 from .loader import DistributedBatchLoader
 from .sampler import DistributedSampler, shard_bounds
 from .sync_batchnorm import SyncBatchNorm, convert_sync_batchnorm
-from .trainer import DistributedTrainer, distributed_train_step, make_communicator
+from .trainer import MPIRanks, distributed_train_step, make_communicator
 
 
 __all__ = ["MPIComm", "DistributedError", "DEFAULT_TIMEOUT", "import_mpi", "DistributedSampler",
            "shard_bounds", "DistributedBatchLoader", "GradientAllreducer", "broadcast_state",
-           "SyncBatchNorm", "convert_sync_batchnorm", "DistributedTrainer",
+           "SyncBatchNorm", "convert_sync_batchnorm", "MPIRanks",
            "distributed_train_step", "make_communicator"]

@@ -28,9 +28,9 @@ identical on every rank.  Eval mode, or a world of one rank, is plain batch norm
 """
 import numpy as np
 
-from ..backend import get_array_module
-from ..nn.functional.norm import (BatchNormCache, _channel_dot, _channel_sum,
-                                  batch_norm_backward)
+from ..backend import get_array_module, to_numpy
+from ..nn.functional.norm import (batch_norm_backward, batch_norm_forward, combine_moments,
+                                  moments)
 from ..nn.norm import _BatchNorm
 
 
@@ -64,35 +64,26 @@ class SyncBatchNorm(_BatchNorm):
             return super().forward(x)
         self._check(x)
         comm, c = self.process_group, self.num_features
-        xp = get_array_module(x)
         x3 = x.reshape(x.shape[0], x.shape[1], -1)
-        n_local = x3.shape[0] * x3.shape[2]
-        # this shard's count, mean and centred sum of squares (two passes, as the op)
-        mean_local = _channel_sum(x3) * (1.0 / max(n_local, 1))
-        centred = x3 - mean_local[:, None]
-        stats = xp.empty(2 * c + 1, dtype=np.float64)
+        # this shard's count, mean and centred sum of squares (the op's own), then
+        # the shards' combined in rank order by the op's formula, in float64
+        n_local, mean_local, m2_local = moments(x3)
+        stats = np.empty(2 * c + 1, dtype=np.float64)
         stats[0] = n_local
-        stats[1:c + 1] = mean_local
-        stats[c + 1:] = _channel_dot(centred, centred)
+        stats[1:c + 1] = to_numpy(mean_local)
+        stats[c + 1:] = to_numpy(m2_local)
         every = comm.allgather(stats, what=f"{self._name()}({c}) forward statistics")
-        counts, means, m2s = every[:, :1], every[:, 1:c + 1], every[:, c + 1:]
-        n = int(round(float(counts.sum())))
+        n, mean64, m2_64 = combine_moments([(float(r[0]), r[1:c + 1], r[c + 1:]) for r in every])
+        n = int(round(n))
         if n <= 1:
             raise ValueError(f"{self._name()}: Expected more than 1 value per channel when "
                              f"training, got {n} over all ranks (input size {tuple(x.shape)})")
-        mean64 = (counts * means).sum(axis=0) / n
-        var64 = (m2s + counts * (means - mean64) ** 2).sum(axis=0) / n
-        mean, var = mean64.astype(x.dtype), var64.astype(x.dtype)
-
+        xp = get_array_module(x)
+        mean = xp.asarray(mean64, dtype=x.dtype)
+        var = xp.asarray(m2_64 / n, dtype=x.dtype)
         weight = self.weight.data if self.weight is not None else None
         bias = self.bias.data if self.bias is not None else None
-        x_centered = x3 - mean[:, None]
-        inv_std = 1.0 / (var + self.eps) ** 0.5
-        scale = inv_std if weight is None else weight * inv_std
-        y3 = x_centered * scale[:, None]
-        if bias is not None:
-            y3 += bias[:, None]
-        cache = BatchNormCache(True, x3, inv_std, weight, bias is not None, mean, var)
+        y3, cache = batch_norm_forward(x3, weight, bias, self.eps, batch_mean_var=(mean, var))
         if self.track_running_stats:
             self._update_running_stats(cache, n)
         y = y3.reshape(x.shape)
@@ -103,7 +94,14 @@ class SyncBatchNorm(_BatchNorm):
         entry = self._restore(dy)
         dy3 = dy.reshape(dy.shape[0], dy.shape[1], -1)
         if isinstance(entry, SyncBatchNormCache):
-            dx3, dweight, dbias = self._synced_backward(dy3, entry.bn, entry.count)
+            c = self.num_features
+
+            def global_sums(sum_dy, sum_dy_xc):  # one allreduce of 2C numbers
+                sums = get_array_module(dy3).concatenate([sum_dy, sum_dy_xc])
+                self.process_group.allreduce_(sums, what=f"{self._name()}({c}) backward sums")
+                return sums[:c], sums[c:]
+            dx3, dweight, dbias = batch_norm_backward(dy3, entry.bn, n=entry.count,
+                                                      reduce_sums=global_sums)
         else:  # a forward that ran unsynchronised (one rank): the plain op
             dx3, dweight, dbias = batch_norm_backward(dy3, entry)
         if self.weight is not None:
@@ -111,27 +109,6 @@ class SyncBatchNorm(_BatchNorm):
         if self.bias is not None:
             self.bias.accumulate(dbias)
         return dx3.reshape(dy.shape)
-
-    def _synced_backward(self, dy3, cache, n):
-        xp = get_array_module(dy3)
-        c = self.num_features
-        inv_std, weight = cache.inv_std, cache.weight
-        x_centered = cache.x_saved - cache.mean[:, None]
-        sums = xp.empty(2 * c, dtype=dy3.dtype)
-        sums[:c] = _channel_sum(dy3)
-        sums[c:] = _channel_dot(dy3, x_centered)
-        local_dbias = sums[:c].copy()
-        local_dweight = sums[c:] * inv_std
-        self.process_group.allreduce_(sums, what=f"{self._name()}({c}) backward sums")
-        sum_dy, sum_dy_xc = sums[:c], sums[c:]
-        a = inv_std if weight is None else weight * inv_std
-        b = a * inv_std * (sum_dy_xc * inv_std) * (-1.0 / n)
-        off = a * sum_dy * (-1.0 / n)
-        dx = dy3 * a[:, None]
-        dx += x_centered * b[:, None]
-        dx += off[:, None]
-        return (dx, local_dweight if weight is not None else None,
-                local_dbias if cache.has_bias else None)
 
     @classmethod
     def convert_sync_batchnorm(cls, module, process_group=None):

@@ -1,4 +1,4 @@
-"""Synchronous data-parallel training: the Trainer's hooks, filled per MPI rank.
+"""Synchronous data-parallel training: the Trainer's workers strategy, one per MPI rank.
 
 Every rank holds a full replica of the model and trains on its shard of each
 global batch (DistributedSampler); after backward the gradients are summed
@@ -14,7 +14,8 @@ import traceback
 import numpy as np
 
 from .. import backend, parallel
-from ..train import NonFiniteLoss, Trainer, _probe_step_time, build_model, evaluate
+from ..checkpoint import load_checkpoint
+from ..engine import NonFiniteLoss, build_model, evaluate, probe_step_time
 from .allreduce import GradientAllreducer, broadcast_state
 from .comm import MPIComm
 from .loader import DistributedBatchLoader
@@ -55,52 +56,53 @@ def distributed_train_step(model, crit, opt, sched, x, y, reducer, local_n, glob
     return loss, logits
 
 
-class DistributedTrainer(Trainer):
-    """A Trainer for one MPI rank of a data-parallel run (``cfg.distributed``).
+class MPIRanks:
+    """The workers strategy of a data-parallel run: this process is one MPI
+    rank with a full replica (``Trainer(cfg)`` picks it when ``cfg.distributed``).
 
     ``cfg.batch_size`` is the global batch; ``cfg.sync_bn`` turns every batch
     norm into a SyncBatchNorm; ``cfg.dist_timeout`` bounds every collective.
     """
 
-    def __init__(self, cfg, train_data=None, test_data=None, log=print, comm=None):
+    def __init__(self, cfg, comm=None):
         self.comm = comm if comm is not None else make_communicator(cfg.device, cfg.dist_timeout)
         self.rank, self.world_size = self.comm.rank, self.comm.world_size
         self.is_main = self.rank == 0
         if cfg.device == "cpu" and hasattr(self.comm, "local_size"):
             # ranks on one machine share its cores (unless --threads/MINIRES_NUM_THREADS)
             parallel.share_cores(self.comm.local_size())
-        super().__init__(cfg, train_data, test_data, log=log if self.is_main else _silent)
 
     # ---- setup
-    def _load_data(self):
+    def load_data(self, trainer):
         # rank 0 first: it decodes and caches an image archive once; the others
         # then read the cache instead of all decoding the same files at once
         if not self.is_main:
             self.comm.barrier("barrier (waiting for rank 0 to load the data)", DATA_LOAD_TIMEOUT)
         try:
-            super()._load_data()
+            trainer._read_data()
         finally:
             if self.is_main:
                 self.comm.barrier("barrier (waiting for rank 0 to load the data)",
                                   DATA_LOAD_TIMEOUT)
-        self.sampler = DistributedSampler(len(self.train_data[1]), self.cfg.batch_size,
-                                          self.rank, self.world_size, seed=self.cfg.seed)
+        self.sampler = DistributedSampler(len(trainer.train_data[1]), trainer.cfg.batch_size,
+                                          self.rank, self.world_size, seed=trainer.cfg.seed)
 
-    def _steps_per_epoch(self, n):
+    def steps_per_epoch(self, trainer, n):
         return len(self.sampler)
 
-    def _load_state(self):
+    def load_state(self, trainer):
         # rank 0 reads the checkpoint and sends it: no shared file system needed
-        state = super()._load_state() if self.is_main else None
+        state = load_checkpoint(trainer.last_path) if self.is_main else None
         return self.comm.bcast_object(state, what="broadcast of the checkpoint")
 
-    def _build_model(self):
-        model = build_model(self.cfg.model)
-        if self.cfg.sync_bn:
+    def build_model(self, trainer):
+        cfg = trainer.cfg
+        model = build_model(cfg.model)
+        if cfg.sync_bn:
             model = convert_sync_batchnorm(model, self.comm)
-        return model.to(self.cfg.device, dtype=np.dtype(self.cfg.dtype))
+        return model.to(cfg.device, dtype=np.dtype(cfg.dtype))
 
-    def _probe(self, images, labels):
+    def probe(self, trainer, images, labels):
         # every rank times its own shard's step (with its allreduce) at the same
         # time, as in the run; rank 0's numbers are sent to all, so every rank
         # fits the same schedule.  Evaluation is sharded: per test image it costs
@@ -113,59 +115,59 @@ class DistributedTrainer(Trainer):
             return distributed_train_step(model, crit, opt, sched, x, y, reducers[id(model)],
                                           len(y), len(y) * self.world_size)
 
-        local = max(1, self.cfg.batch_size // self.world_size)
-        st, ev = _probe_step_time(self.model, self.cfg, images, labels, batch_size=local,
-                                  step_fn=step)
+        local = max(1, trainer.cfg.batch_size // self.world_size)
+        st, ev = probe_step_time(trainer.model, trainer.cfg, images, labels, batch_size=local,
+                                 step_fn=step)
         return self.comm.bcast_object((st, ev / self.world_size), what="broadcast of the probe")
 
-    def _after_setup(self):
+    def after_setup(self, trainer):
         # every rank starts from rank 0's weights and buffers (and its resumed state)
-        broadcast_state(self.model, self.comm)
-        self.reducer = GradientAllreducer(self.model.parameters(), self.comm)
+        broadcast_state(trainer.model, self.comm)
+        self.reducer = GradientAllreducer(trainer.model.parameters(), self.comm)
         ranks = f"{self.world_size} rank{'s' if self.world_size != 1 else ''}"
-        self.log(f"distributed: {ranks} over {self.comm.backend_name}, global "
-                 f"batch {self.cfg.batch_size} (per rank {self.sampler.local_sizes()[0]}), "
-                 f"{'synchronised' if self.cfg.sync_bn else 'per-replica'} batch norm")
+        trainer.log(f"distributed: {ranks} over {self.comm.backend_name}, global "
+                    f"batch {trainer.cfg.batch_size} (per rank {self.sampler.local_sizes()[0]}), "
+                    f"{'synchronised' if trainer.cfg.sync_bn else 'per-replica'} batch norm")
 
     # ---- the epoch
-    def _make_loader(self):
-        cfg, (images, labels) = self.cfg, self.train_data
+    def make_loader(self, trainer):
+        cfg, (images, labels) = trainer.cfg, trainer.train_data
         self._local_n = self.sampler.local_sizes()
         self._global_n = self.sampler.global_sizes()
-        return DistributedBatchLoader(images, labels, self.sampler, epoch=self.epoch,
+        return DistributedBatchLoader(images, labels, self.sampler, epoch=trainer.epoch,
                                       augment=cfg.augment, device=cfg.device, dtype=cfg.dtype)
 
-    def _train_step(self, x, y, i):
-        return distributed_train_step(self.model, self.crit, self.opt, self.sched, x, y,
-                                      self.reducer, self._local_n[i], self._global_n[i])
+    def train_step(self, trainer, x, y, i):
+        return distributed_train_step(trainer.model, trainer.crit, trainer.opt, trainer.sched,
+                                      x, y, self.reducer, self._local_n[i], self._global_n[i])
 
-    def _sum_over_ranks(self, values):
+    def sum(self, values):
         buf = np.asarray(values, dtype=np.float64)
         return list(self.comm.allreduce_(buf, what="allreduce of the training metrics"))
 
-    def _evaluate(self):
+    def agree(self, value):
+        return self.comm.bcast_object(value, what="broadcast of rank 0's decision")
+
+    def evaluate(self, trainer):
         # Before evaluating (and before rank 0 saves the checkpoint), every rank
         # takes rank 0's weights and buffers: with per-replica batch norm the
         # running statistics differ by rank, and the run's model is rank 0's (as
         # torch DDP's broadcast_buffers).  The test set is then sharded and the
         # sums reduced: every rank gets the same numbers, in 1/world of the time.
-        broadcast_state(self.model, self.comm)
-        cfg, (images, labels) = self.cfg, self.test_data
+        broadcast_state(trainer.model, self.comm)
+        cfg, (images, labels) = trainer.cfg, trainer.test_data
         lo, hi = shard_bounds(len(labels), self.rank, self.world_size)
         loss_sum = hits = 0.0
         if hi > lo:
-            loss, acc = evaluate(self.model, images[lo:hi], labels[lo:hi], cfg.eval_batch_size,
-                                 cfg.device, cfg.dtype)
+            loss, acc = evaluate(trainer.model, images[lo:hi], labels[lo:hi],
+                                 cfg.eval_batch_size, cfg.device, cfg.dtype)
             loss_sum, hits = loss * (hi - lo), round(acc * (hi - lo))
-        loss_sum, hits, n = self._sum_over_ranks([loss_sum, hits, hi - lo])
+        loss_sum, hits, n = self.sum([loss_sum, hits, hi - lo])
         return loss_sum / n, hits / n
 
-    def _agree(self, flag):
-        return bool(self.comm.bcast_object(bool(flag), what="broadcast of the stop decision"))
-
-    def run(self, resume=False):
+    def run(self, body):
         try:
-            return super().run(resume)
+            return body()
         except NonFiniteLoss:
             raise  # decided from sums over the ranks: every rank raises it together
         except BaseException as e:
@@ -179,9 +181,4 @@ class DistributedTrainer(Trainer):
             self.comm.abort(1)
 
 
-def _silent(*args, **kwargs):
-    pass
-
-
-__all__ = ["DistributedTrainer", "distributed_train_step", "make_communicator",
-           "DATA_LOAD_TIMEOUT"]
+__all__ = ["MPIRanks", "distributed_train_step", "make_communicator", "DATA_LOAD_TIMEOUT"]

@@ -11,6 +11,8 @@ import json
 import os
 import re
 
+from ..cmdline import device_error
+from ..errors import CommandError, MissingFileError
 from .. import backend
 from ..fileio import atomic_write, atomic_write_bytes
 from ..data.subset import balanced_sample
@@ -23,10 +25,13 @@ _CIFAR_NAME = re.compile(r"^(resnet|plain)(\d+)$")
 def build_cifar_model(name):
     """``resnet<depth>`` or ``plain<depth>`` (depth = 6n + 2) of He et al.'s CIFAR family."""
     from ..models.cifar import _cifar_plain, _cifar_resnet
+    from ..models import CIFAR_MODEL_NAMES, check_name
     match = _CIFAR_NAME.match(name)
     if match is None:
-        raise ValueError(f"unknown model {name!r}: expected resnet<depth> or plain<depth> "
-                         f"with depth = 6n + 2, e.g. plain56, resnet56")
+        check_name(name)  # an unknown name: the one error every command gives
+        raise ValueError(f"{name!r} is not a CIFAR net; gradflow measures resnet<depth> or "
+                         f"plain<depth> with depth = 6n + 2, e.g. "
+                         f"{', '.join(n for n in CIFAR_MODEL_NAMES if n != 'resnet1202')}")
     builder = _cifar_resnet if match.group(1) == "resnet" else _cifar_plain
     return builder(int(match.group(2)))
 
@@ -67,7 +72,7 @@ def train_for(model, loader, steps, lr, momentum, weight_decay):
     """``steps`` SGD steps (constant lr) over ``loader``, cycling it; the losses."""
     from ..nn.loss import CrossEntropyLoss
     from ..optim import SGD, MultiStepLR
-    from ..train import train_step
+    from ..engine import train_step
     opt = SGD(model.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
     sched, crit, losses = MultiStepLR(opt, [], 1.0), CrossEntropyLoss(), []
     while len(losses) < steps:
@@ -243,7 +248,6 @@ def _load_data(args, log):
 
 
 def run_gradflow(args, log=print):
-    from ..cli import CommandError
     names = [n.strip() for n in args.models.split(",") if n.strip()]
     if not names:
         raise CommandError("--models: give at least one model, e.g. plain56,resnet56")
@@ -252,13 +256,16 @@ def run_gradflow(args, log=print):
             build_cifar_model(name)
         except ValueError as e:
             raise CommandError(f"--models: {e}")
+    err = device_error(args.device)
+    if err:
+        raise CommandError(err)
     for flag in ("steps", "batch_size", "probe_size"):
         if getattr(args, flag) < (0 if flag == "steps" else 1):
             raise CommandError(f"--{flag.replace('_', '-')}: must be "
                                f"{'>= 0' if flag == 'steps' else '>= 1'}, got {getattr(args, flag)}")
     try:
         images, labels, note = _load_data(args, log)
-    except (FileNotFoundError, OSError) as e:
+    except MissingFileError as e:
         raise CommandError(f"--data: {e}")
     results = gradflow_experiment(names, images, labels, args.steps, args.batch_size,
                                   args.probe_size, args.lr, args.momentum, args.weight_decay,

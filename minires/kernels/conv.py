@@ -15,15 +15,15 @@ _IM2COL = r"""
     const long long ky = t % kh;   t /= kh;
     const long long ch = t % c;
     const long long b = t / c;
-    const long long iy = oy * sy - pt + ky * dy;
-    const long long ix = ox * sx - pl + kx * dx;
+    const long long iy = oy * sy - pt + ky * dil_y;
+    const long long ix = ox * sx - pl + kx * dil_x;
     col = (iy >= 0 && iy < h && ix >= 0 && ix < w) ? img[((b * c + ch) * h + iy) * w + ix]
                                                    : (T)0;
 """
 
 # One thread per input pixel: sum, in the twin's order (ky, then kx), every
 # column entry that im2col copied from this pixel.  A pixel is read by offset
-# (ky, kx) when y + pt - ky*dy is a non-negative multiple of sy below oh*sy
+# (ky, kx) when y + pt - ky*dil_y is a non-negative multiple of sy below oh*sy
 # (and the same along x).
 _COL2IM = r"""
     const long long x = i % w;     long long t = i / w;
@@ -32,12 +32,12 @@ _COL2IM = r"""
     const long long b = t / c;
     T acc = (T)0;
     for (long long ky = 0; ky < kh; ++ky) {
-        const long long ty = y + pt - ky * dy;
+        const long long ty = y + pt - ky * dil_y;
         if (ty < 0 || ty % sy != 0) continue;
         const long long oy = ty / sy;
         if (oy >= oh) continue;
         for (long long kx = 0; kx < kw; ++kx) {
-            const long long tx = x + pl - kx * dx;
+            const long long tx = x + pl - kx * dil_x;
             if (tx < 0 || tx % sx != 0) continue;
             const long long ox = tx / sx;
             if (ox >= ow) continue;
@@ -48,7 +48,7 @@ _COL2IM = r"""
 """
 
 _PARAMS = ("int64 n, int64 c, int64 h, int64 w, int64 kh, int64 kw, int64 oh, int64 ow, "
-           "int64 sy, int64 sx, int64 pt, int64 pl, int64 dy, int64 dx")
+           "int64 sy, int64 sx, int64 pt, int64 pl, int64 dil_y, int64 dil_x")
 
 
 # (in, out) parameters of each kernel (tests/test_kernel_sources.py compiles the
@@ -69,11 +69,11 @@ def im2col(x, kernel_size, stride, padding, dilation, out_hw, out=None):
     """Twin of ``minires.nn.functional.conv.im2col`` for a CuPy array x (N, C, H, W)."""
     cp = cupy_or_none()
     n, c, h, w = x.shape
-    (kh, kw), (sy, sx), (dy, dx), (oh, ow) = kernel_size, stride, dilation, out_hw
+    (kh, kw), (sy, sx), (dil_y, dil_x), (oh, ow) = kernel_size, stride, dilation, out_hw
     top, _, left, _ = padding
     col = cp.empty((n, c, kh, kw, oh, ow), dtype=x.dtype) if out is None else out
     _kernels()[0](cp.ascontiguousarray(x), n, c, h, w, kh, kw, oh, ow, sy, sx, top, left,
-                  dy, dx, col)
+                  dil_y, dil_x, col)
     return col
 
 
@@ -82,9 +82,9 @@ def col2im(col, x_shape, stride, padding, dilation):
     cp = cupy_or_none()
     n, c, kh, kw, oh, ow = col.shape
     _, _, h, w = x_shape
-    (sy, sx), (dy, dx) = stride, dilation
+    (sy, sx), (dil_y, dil_x) = stride, dilation
     top, _, left, _ = padding
     img = cp.empty((n, c, h, w), dtype=col.dtype)
     _kernels()[1](cp.ascontiguousarray(col), n, c, h, w, kh, kw, oh, ow, sy, sx, top, left,
-                  dy, dx, img)
+                  dil_y, dil_x, img)
     return img

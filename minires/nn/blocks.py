@@ -36,20 +36,26 @@ class ResBlockMLP(Module):
 
     def forward(self, X):
         check_input("ResBlockMLP", X, 2, channels=self.in_features, like=self.Z1.weight.data)
-        Y1 = self.Z2(self.relu(self.bn(self.Z1(X))))  # residual path F(X)
-        Y2 = Y1 + X                                    # skip connection
-        Y = self.relu(Y2)
+        Z1 = self.Z1(X)          # residual path F(X), step by step
+        A1 = self.bn(Z1)
+        H = self.relu(A1)        # relu, call 1
+        Y1 = self.Z2(H)
+        Y2 = Y1 + X              # skip connection
+        Y = self.relu(Y2)        # relu, call 2
         self._save(Y, None)  # nothing to keep: the children hold their caches
         return Y
 
     def backward(self, dY):
         self._restore(dY)  # checks dY's shape and that a forward came first
-        dY2 = self.relu.backward(dY)  # the final relu (its cache is the newest)
+        dY2 = self.relu.backward(dY)       # undoes relu call 2 (its cache is the newest)
         # Y2 = Y1 + X: the addition sends dY2 unchanged down BOTH paths.
         dY1 = dY2      # into the residual path
         dX_skip = dY2  # along the shortcut (the identity)
-        # The residual path, undone in reverse order: Z2, relu, bn, Z1.
-        dX_residual = self.Z1.backward(self.bn.backward(self.relu.backward(self.Z2.backward(dY1))))
+        # The residual path, each forward line undone in reverse order.
+        dH = self.Z2.backward(dY1)         # Y1 = Z2(H)
+        dA1 = self.relu.backward(dH)       # H = relu(A1): undoes relu call 1
+        dZ1 = self.bn.backward(dA1)        # A1 = bn(Z1)
+        dX_residual = self.Z1.backward(dZ1)  # Z1 = Z1(X)
         return dX_residual + dX_skip  # X fed both paths: their gradients add
 
 
@@ -69,21 +75,28 @@ class ResBlockConv(Module):
     def forward(self, X):
         check_input("ResBlockConv", X, 4, channels=self.in_channels,
                     like=self.conv1.weight.data)
-        Y1 = self.bn2(self.conv2(self.relu(self.bn1(self.conv1(X)))))  # residual path F(X)
-        Y2 = Y1 + X                                                    # skip connection
-        Y = self.relu(Y2)
+        Z1 = self.conv1(X)       # residual path F(X), step by step
+        A1 = self.bn1(Z1)
+        H = self.relu(A1)        # relu, call 1
+        Z2 = self.conv2(H)
+        Y1 = self.bn2(Z2)
+        Y2 = Y1 + X              # skip connection
+        Y = self.relu(Y2)        # relu, call 2
         self._save(Y, None)
         return Y
 
     def backward(self, dY):
         self._restore(dY)
-        dY2 = self.relu.backward(dY)  # the final relu first (its cache is the newest)
+        dY2 = self.relu.backward(dY)       # undoes relu call 2 (its cache is the newest)
         # Y2 = Y1 + X: the addition sends dY2 unchanged down BOTH paths.
         dY1 = dY2      # into the residual path
         dX_skip = dY2  # along the shortcut (the identity)
-        # The residual path, undone in reverse order: bn2, conv2, relu, bn1, conv1.
-        dH = self.relu.backward(self.conv2.backward(self.bn2.backward(dY1)))
-        dX_residual = self.conv1.backward(self.bn1.backward(dH))
+        # The residual path, each forward line undone in reverse order.
+        dZ2 = self.bn2.backward(dY1)       # Y1 = bn2(Z2)
+        dH = self.conv2.backward(dZ2)      # Z2 = conv2(H)
+        dA1 = self.relu.backward(dH)       # H = relu(A1): undoes relu call 1
+        dZ1 = self.bn1.backward(dA1)       # A1 = bn1(Z1)
+        dX_residual = self.conv1.backward(dZ1)  # Z1 = conv1(X)
         return dX_residual + dX_skip  # X fed both paths: their gradients add
 
 
@@ -106,19 +119,27 @@ class ResBlockDownSamp(Module):
     def forward(self, X):
         check_input("ResBlockDownSamp", X, 4, channels=self.in_channels,
                     like=self.conv1.weight.data)
-        Y1 = self.bn2(self.conv2(self.relu(self.bn1(self.conv1(X)))))  # residual path F(X)
-        Y2 = Y1 + self.downsampX(X)                                    # shortcut, reshaped
-        Y = self.relu(Y2)
+        Z1 = self.conv1(X)       # residual path F(X), step by step
+        A1 = self.bn1(Z1)
+        H = self.relu(A1)        # relu, call 1
+        Z2 = self.conv2(H)
+        Y1 = self.bn2(Z2)
+        S = self.downsampX(X)    # the shortcut, reshaped to Y1's shape
+        Y2 = Y1 + S
+        Y = self.relu(Y2)        # relu, call 2
         self._save(Y, None)
         return Y
 
     def backward(self, dY):
         self._restore(dY)
-        dY2 = self.relu.backward(dY)  # the final relu first (its cache is the newest)
-        # Y2 = Y1 + downsampX(X): the addition sends dY2 unchanged down BOTH paths.
-        dY1 = dY2                                # into the residual path
-        dX_skip = self.downsampX.backward(dY2)   # back through the 1x1 shortcut conv
-        # The residual path, undone in reverse order: bn2, conv2, relu, bn1, conv1.
-        dH = self.relu.backward(self.conv2.backward(self.bn2.backward(dY1)))
-        dX_residual = self.conv1.backward(self.bn1.backward(dH))
+        dY2 = self.relu.backward(dY)       # undoes relu call 2 (its cache is the newest)
+        # Y2 = Y1 + S: the addition sends dY2 unchanged down BOTH paths.
+        dY1 = dY2                               # into the residual path
+        dX_skip = self.downsampX.backward(dY2)  # S = downsampX(X): back through the 1x1 conv
+        # The residual path, each forward line undone in reverse order.
+        dZ2 = self.bn2.backward(dY1)       # Y1 = bn2(Z2)
+        dH = self.conv2.backward(dZ2)      # Z2 = conv2(H)
+        dA1 = self.relu.backward(dH)       # H = relu(A1): undoes relu call 1
+        dZ1 = self.bn1.backward(dA1)       # A1 = bn1(Z1)
+        dX_residual = self.conv1.backward(dZ1)  # Z1 = conv1(X)
         return dX_residual + dX_skip  # X fed both paths: their gradients add

@@ -38,9 +38,19 @@ def check_input(layer, x, ndims, channels=None, like=None):
     return xp
 
 
+def whole(v, name="argument"):
+    """``v`` as an int; a clear TypeError for anything that is not a whole
+    number (2.7, "3", None), where int() would quietly give 2 or fail
+    somewhere else.  Integral floats (2.0) and NumPy integers are accepted."""
+    import numbers
+    if isinstance(v, bool) or not isinstance(v, numbers.Real) or int(v) != v:
+        raise TypeError(f"{name} must be a whole number, got {v!r}")
+    return int(v)
+
+
 def pair(v, name="argument"):
     if isinstance(v, (tuple, list)):
         if len(v) != 2:
             raise ValueError(f"{name} must be an int or a pair, got {v!r}")
-        return int(v[0]), int(v[1])
-    return int(v), int(v)
+        return whole(v[0], name), whole(v[1], name)
+    return whole(v, name), whole(v, name)

@@ -1,5 +1,5 @@
 """2-D convolution layer (torch.nn.Conv2d)."""
-from .checks import check_input, pair
+from .checks import check_input, pair, whole
 from .functional.conv import conv2d_forward, conv2d_backward, conv_padding, conv_output_size
 from .init import default_weight_and_bias
 from .module import Module, Parameter
@@ -13,7 +13,9 @@ class Conv2d(Module):
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0,
                  dilation=1, groups=1, bias=True, padding_mode="zeros"):
         super().__init__()
-        self.in_channels, self.out_channels, self.groups = int(in_channels), int(out_channels), int(groups)
+        self.in_channels = whole(in_channels, "Conv2d: in_channels")
+        self.out_channels = whole(out_channels, "Conv2d: out_channels")
+        self.groups = whole(groups, "Conv2d: groups")
         self.kernel_size = pair(kernel_size, "Conv2d: kernel_size")
         self.stride = pair(stride, "Conv2d: stride")
         self.dilation = pair(dilation, "Conv2d: dilation")

@@ -1,5 +1,5 @@
 """Linear layer (torch.nn.Linear)."""
-from .checks import check_input
+from .checks import check_input, whole
 from .functional.linear import linear_forward, linear_backward
 from .init import default_weight_and_bias
 from .module import Module, Parameter
@@ -8,7 +8,8 @@ from .module import Module, Parameter
 class Linear(Module):
     def __init__(self, in_features, out_features, bias=True):
         super().__init__()
-        self.in_features, self.out_features = int(in_features), int(out_features)
+        self.in_features = whole(in_features, "Linear: in_features")
+        self.out_features = whole(out_features, "Linear: out_features")
         w, b = default_weight_and_bias((self.out_features, self.in_features), bias)
         self.weight = Parameter(w)
         self.bias = Parameter(b) if bias else None

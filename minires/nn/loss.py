@@ -17,8 +17,9 @@ class CrossEntropyLoss(Module):
 
     torch's signature; per-class ``weight``, the deprecated ``size_average``/
     ``reduce`` and ``reduction='none'`` are not supported (a clear error), and
-    targets must be class indices in [0, C) (probability targets and
-    ``ignore_index`` entries are rejected).
+    targets must be class indices in [0, C) or ``ignore_index`` (such rows add
+    nothing and the mean does not count them, as in torch); probability
+    targets are rejected.  Finding ignored rows needs ``check_targets``.
 
     ``check_targets`` (not in torch) checks every call that the targets lie in
     [0, C).  On the GPU that check reads one flag back to the host, a sync in
@@ -44,9 +45,9 @@ class CrossEntropyLoss(Module):
         self.check_targets = bool(check_targets)
 
     def forward(self, logits, target):
-        self._check(logits, target)
+        ignore = self._check(logits, target)
         loss, cache = cross_entropy_forward(logits, target, self.label_smoothing,
-                                            self.reduction)
+                                            self.reduction, ignore)
         self._save(loss, cache)
         return loss
 
@@ -61,7 +62,7 @@ class CrossEntropyLoss(Module):
         if getattr(dloss, "size", 1) != 1:
             raise ValueError(f"{_NAME}.backward: dloss must be a scalar (the loss is 0-d), "
                              f"got shape {tuple(dloss.shape)}")
-        _, _, cache = self._caches.pop()
+        cache = self._caches.pop()[-1]
         if hasattr(dloss, "shape"):
             dloss = dloss.reshape(())
         return cross_entropy_backward(dloss, cache)
@@ -91,12 +92,15 @@ class CrossEntropyLoss(Module):
                              f"row of logits {tuple(logits.shape)}), got shape "
                              f"{tuple(target.shape)}")
         if not self.check_targets:
-            return
-        out_of_range = (target < 0) | (target >= c)
+            return None
+        ignored = target == self.ignore_index
+        out_of_range = ((target < 0) | (target >= c)) & ~ignored
         if bool(out_of_range.any()):  # one host read per call (a GPU sync)
             bad = int(target[xp.argmax(out_of_range)])
             raise IndexError(f"{_NAME}: target {bad} is out of range: class indices must be "
-                             f"in [0, {c}) for logits with C={c} classes")
+                             f"in [0, {c}) (or ignore_index={self.ignore_index}) for logits "
+                             f"with C={c} classes")
+        return ignored if bool(ignored.any()) else None
 
     def extra_repr(self):
         return ""  # torch prints CrossEntropyLoss() whatever the arguments

@@ -7,10 +7,14 @@
 * ``state_dict`` uses torch's key names and order: a module's own parameters,
   then its own buffers, then each child's, recursively.
 """
+import warnings
 from collections import OrderedDict
 
 from .. import backend
+from ..backend import device_of
 from ..grad_mode import is_grad_enabled
+
+MAX_CACHES = 8  # forward calls of one module that may wait for their backward
 
 
 class Parameter:
@@ -42,6 +46,16 @@ class Parameter:
     def __repr__(self):
         return f"Parameter(shape={tuple(self.data.shape)}, dtype={self.data.dtype})"
 
+
+
+def zero_grads(params, set_to_none=True):
+    """The one zero_grad (Module.zero_grad and the optimisers call it): drop
+    each gradient (torch's default), or fill it with zeros in place."""
+    for p in params:
+        if set_to_none or p.grad is None:
+            p.grad = None
+        else:
+            p.grad[...] = 0
 
 class Module:
     def __init__(self):
@@ -95,9 +109,22 @@ class Module:
         return type(self).__name__
 
     def _save(self, y, cache):
-        """Keep ``cache`` (and the output's shape, to check dy) for one backward."""
+        """Keep ``cache`` (and the output's shape, to check dy) for one backward.
+
+        At most ``MAX_CACHES`` calls wait for their backward: a loop of forward
+        calls outside ``no_grad()`` that never calls backward (evaluation
+        written without no_grad) would otherwise keep every call's
+        activations.  The oldest is dropped, with a warning once per module."""
         if is_grad_enabled():
-            self._caches.append((tuple(y.shape), y.dtype, cache))
+            if len(self._caches) >= MAX_CACHES:
+                self._caches.pop(0)
+                if not getattr(self, "_warned_caches", False):
+                    object.__setattr__(self, "_warned_caches", True)
+                    warnings.warn(
+                        f"{self._name()}: {MAX_CACHES} forward calls are waiting for their "
+                        f"backward; dropping the oldest (run inference under minires.no_grad(), "
+                        f"which keeps no cache)", RuntimeWarning, stacklevel=3)
+            self._caches.append((tuple(y.shape), y.dtype, device_of(y), cache))
 
     def _restore(self, dy):
         """Pop the newest cache; check that ``dy`` matches that call's output."""
@@ -105,11 +132,17 @@ class Module:
             raise RuntimeError(
                 f"{self._name()}.backward: no cache from a matching forward call "
                 "(backward called twice, before forward, or after a forward under no_grad())")
-        shape, dtype, cache = self._caches.pop()
+        shape, dtype, device, _ = self._caches[-1]  # checked first: a bad dy keeps the cache
         if not hasattr(dy, "shape") or tuple(dy.shape) != shape:
             raise ValueError(f"{self._name()}.backward: expected dy of shape {shape} "
                              f"(the forward output), got {getattr(dy, 'shape', type(dy))}")
-        return cache
+        if getattr(dy, "dtype", None) != dtype:
+            raise TypeError(f"{self._name()}.backward: expected dy of dtype {dtype} (the forward "
+                            f"output's), got {dy.dtype}; it would turn the gradients {dy.dtype}")
+        if device_of(dy) != device:
+            raise TypeError(f"{self._name()}.backward: expected dy on '{device}' (where the "
+                            f"forward output is), got an array on '{device_of(dy)}'")
+        return self._caches.pop()[-1]
 
     def clear_caches(self):
         """Drop every cache held by this module and its children."""
@@ -161,11 +194,7 @@ class Module:
         return self.train(False)
 
     def zero_grad(self, set_to_none=True):
-        for p in self.parameters():
-            if set_to_none or p.grad is None:
-                p.grad = None
-            else:
-                p.grad[...] = 0
+        zero_grads(self.parameters(), set_to_none)
 
     # ---- state
     def state_dict(self):

@@ -6,7 +6,7 @@ updates the running averages (unbiased variance, like torch); eval uses the
 running averages, unless the layer tracks none (then always the batch's).
 """
 from .. import backend
-from .checks import check_input
+from .checks import check_input, whole
 from .functional.norm import batch_norm_forward, batch_norm_backward, update_running_stats
 from .init import DEFAULT_DTYPE
 from .module import Module, Parameter
@@ -18,7 +18,7 @@ class _BatchNorm(Module):
     def __init__(self, num_features, eps=1e-5, momentum=0.1, affine=True,
                  track_running_stats=True, *, bias=True):
         super().__init__()
-        self.num_features = int(num_features)
+        self.num_features = whole(num_features, f"{type(self).__name__}: num_features")
         self.eps = eps
         self.momentum = momentum
         self.affine = affine

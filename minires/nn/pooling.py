@@ -20,7 +20,7 @@ def _checked_pairs(layer, kernel_size, stride, padding, dilation=1):
         s = k if stride is None else pair(stride, "stride")
         p, d = pair(padding, "padding"), pair(dilation, "dilation")
     except (TypeError, ValueError) as e:
-        raise ValueError(f"{layer}: {e}") from None
+        raise type(e)(f"{layer}: {e}") from None
     check_pool_args(layer, k, s, p, d)
 
 

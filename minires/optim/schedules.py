@@ -117,6 +117,7 @@ class OneCycleLR(LRScheduler):
         self.anneal_strategy = anneal_strategy
         self.cycle_momentum = cycle_momentum
         self.base_momentum, self.max_momentum = base_momentum, max_momentum
+        self.div_factor, self.final_div_factor = div_factor, final_div_factor
         n = len(optimizer.param_groups)
         max_lrs = list(max_lr) if isinstance(max_lr, (list, tuple)) else [max_lr] * n
         for g, m in zip(optimizer.param_groups, max_lrs):
@@ -150,12 +151,19 @@ class OneCycleLR(LRScheduler):
     def _apply(self):
         i, pct = self._phase(self.last_epoch)
         for g in self.optimizer.param_groups:
-            lrs = [(g["initial_lr"], g["max_lr"]), (g["max_lr"], g["min_lr"])][i]
-            g["lr"] = self._anneal(lrs[0], lrs[1], pct)
+            g["lr"] = self._lr(i, pct, g["initial_lr"], g["max_lr"], g["min_lr"])
             if self.cycle_momentum and "momentum" in g:
                 moms = [(self.max_momentum, self.base_momentum),
                         (self.base_momentum, self.max_momentum)][i]
                 g["momentum"] = self._anneal(moms[0], moms[1], pct)
 
-    def lr_at(self, t, base_lr):  # not used: _apply needs per-group max/min lr
-        raise NotImplementedError
+    def _lr(self, phase, pct, initial_lr, max_lr, min_lr):
+        start, end = [(initial_lr, max_lr), (max_lr, min_lr)][phase]
+        return self._anneal(start, end, pct)
+
+    def lr_at(self, t, base_lr):
+        """The lr at step ``t`` of a group that starts at ``base_lr`` (its
+        max_lr / div_factor), as ``step()`` sets it."""
+        i, pct = self._phase(t)
+        max_lr = base_lr * self.div_factor
+        return self._lr(i, pct, base_lr, max_lr, base_lr / self.final_div_factor)

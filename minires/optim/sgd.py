@@ -9,6 +9,7 @@ Per parameter, every step (as torch):
 """
 from .. import kernels
 from ..backend import get_array_module
+from ..nn.module import zero_grads
 
 _DEFAULTS = ("lr", "momentum", "dampening", "weight_decay", "nesterov")
 
@@ -47,12 +48,7 @@ class SGD:
         self.param_groups.append(group)
 
     def zero_grad(self, set_to_none=True):
-        for group in self.param_groups:
-            for p in group["params"]:
-                if set_to_none or p.grad is None:
-                    p.grad = None
-                else:
-                    p.grad[...] = 0
+        zero_grads((p for group in self.param_groups for p in group["params"]), set_to_none)
 
     def step(self):
         for group in self.param_groups:

@@ -78,7 +78,10 @@ def test_mpiexec_train_distributed_end_to_end(tiny_archives, tmp_path, capsys):
     assert res.returncode == 0, res.stdout[-4000:]
     state["config"]["fitted"] = json.load(open(full / "config.json"))["fitted"]
     save_checkpoint(str(out / "last.ckpt"), state)
+    # a changed --epochs is refused on resume unless overridden (and recorded)
     res = _train(tiny_archives, out, cache, "--epochs", "3", "--resume")
+    assert res.returncode != 0 and "--epochs 3 (the run has 2)" in (res.stdout or "") + (res.stderr or "")
+    res = _train(tiny_archives, out, cache, "--epochs", "3", "--resume", "--resume-override")
     assert res.returncode == 0, res.stdout[-4000:]
     assert res.stdout.count("resumed") == 1
     rows = [json.loads(line) for line in open(out / "metrics.jsonl")]

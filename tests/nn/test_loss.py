@@ -202,3 +202,34 @@ def test_other_bad_inputs(batch):
         nn.CrossEntropyLoss(reduction="none")
     with pytest.raises(NotImplementedError, match="CrossEntropyLoss: per-class weight"):
         nn.CrossEntropyLoss(weight=np.ones(5))
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+@pytest.mark.parametrize("reduction", ["mean", "sum"])
+@pytest.mark.parametrize("ignore_index", [-100, 3])
+def test_ignore_index_matches_torch(smoothing, reduction, ignore_index):
+    import torch
+    rng = np.random.default_rng(4)
+    logits = rng.standard_normal((7, 5))
+    target = rng.integers(0, 5, 7)
+    target[[1, 4]] = ignore_index
+    crit = nn.CrossEntropyLoss(ignore_index=ignore_index, reduction=reduction,
+                               label_smoothing=smoothing)
+    loss = crit(logits, target)
+    g = crit.backward(0.7)
+    tl = torch.from_numpy(logits).requires_grad_(True)
+    ref = torch.nn.functional.cross_entropy(tl, torch.from_numpy(target), ignore_index=ignore_index,
+                                            reduction=reduction, label_smoothing=smoothing)
+    (ref * 0.7).backward()
+    np.testing.assert_allclose(float(loss), float(ref), rtol=1e-12)
+    np.testing.assert_allclose(g, tl.grad.numpy(), rtol=1e-12, atol=1e-15)
+    assert not g[[1, 4]].any()  # ignored rows get no gradient
+
+
+def test_all_rows_ignored_gives_nan_for_the_mean_as_torch():
+    import torch
+    logits = np.zeros((3, 4))
+    target = np.full(3, -100)
+    loss = nn.CrossEntropyLoss()(logits, target)
+    ref = torch.nn.functional.cross_entropy(torch.from_numpy(logits), torch.from_numpy(target))
+    assert np.isnan(float(loss)) and np.isnan(float(ref))

@@ -105,3 +105,19 @@ def test_one_cycle_short_runs_match_torch_or_fail_clearly(total, pct):
     for t in range(total):
         assert mo.param_groups[0]["lr"] == pytest.approx(lrs[t], rel=1e-12), t
         ms.step()
+
+
+@pytest.mark.parametrize("strategy", ["cos", "linear"])
+def test_one_cycle_lr_at_is_the_lr_torch_steps_through(strategy):
+    """lr_at(t, initial lr) in closed form, for every t, against torch's
+    stepped OneCycleLR (not against minires's own step())."""
+    _, to = _pair()
+    kw = dict(max_lr=0.2, total_steps=40, pct_start=0.3, anneal_strategy=strategy)
+    ts = torch.optim.lr_scheduler.OneCycleLR(to, **kw)
+    mo, _ = _pair()
+    s = OneCycleLR(mo, **kw)
+    initial = 0.2 / 25.0
+    for t in range(41):
+        assert s.lr_at(t, initial) == pytest.approx(to.param_groups[0]["lr"], rel=1e-12, abs=1e-15)
+        if t < 40:
+            ts.step()

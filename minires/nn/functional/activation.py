@@ -13,7 +13,7 @@ def relu_forward(x):
 
     def one(s):
         xp.greater(x[s], 0, out=mask[s])  # the gradient at exactly 0 is 0, as in torch
-        xp.multiply(x[s], mask[s], out=y[s])
+        xp.maximum(x[s], 0, out=y[s])  # not x * mask: -inf * 0 would be NaN (torch gives 0)
     parallel.map_chunks(one, parallel.batch_slices(x), like=x)
     return y, mask
 

@@ -54,8 +54,8 @@ def conv_padding(padding, kernel_size=None, dilation=(1, 1)):
             return (0, 0, 0, 0)
         if padding == "same":
             kh, kw = pair(kernel_size, "kernel_size")
-            dh, dw = pair(dilation, "dilation")
-            total_h, total_w = dh * (kh - 1), dw * (kw - 1)
+            dil_h, dil_w = pair(dilation, "dilation")
+            total_h, total_w = dil_h * (kh - 1), dil_w * (kw - 1)
             return (total_h // 2, total_h - total_h // 2, total_w // 2, total_w - total_w // 2)
         raise ValueError(f"padding must be an int, a pair, 'valid' or 'same', got {padding!r}")
     if isinstance(padding, (tuple, list)) and len(padding) == 4:
@@ -72,10 +72,10 @@ def conv_output_size(layer, in_hw, kernel_size, stride, padding, dilation):
     """(oh, ow) of a convolution; a clear ValueError when the dilated kernel does
     not fit in the padded input (there would be no output pixel at all)."""
     (h, w), (kh, kw) = in_hw, kernel_size
-    (sh, sw), (dh, dw) = stride, dilation
+    (sh, sw), (dil_h, dil_w) = stride, dilation
     top, bottom, left, right = padding
     padded = (h + top + bottom, w + left + right)
-    dilated = (dh * (kh - 1) + 1, dw * (kw - 1) + 1)
+    dilated = (dil_h * (kh - 1) + 1, dil_w * (kw - 1) + 1)
     if padded[0] < dilated[0] or padded[1] < dilated[1]:
         raise ValueError(
             f"{layer}: the kernel (size {tuple(kernel_size)}, dilation {tuple(dilation)}, so "
@@ -96,14 +96,14 @@ def im2col(x, kernel_size, stride=1, padding=0, dilation=1, out=None):
     xp = get_array_module(x)
     kh, kw = pair(kernel_size, "kernel_size")
     sh, sw = pair(stride, "stride")
-    dh, dw = pair(dilation, "dilation")
+    dil_h, dil_w = pair(dilation, "dilation")
     top, bottom, left, right = conv_padding(padding)
     n, c, h, w = x.shape
     oh, ow = conv_output_size("im2col", (h, w), (kh, kw), (sh, sw), (top, bottom, left, right),
-                              (dh, dw))
+                              (dil_h, dil_w))
     if kernels.use_for(x):  # one CUDA kernel instead of the loop below
         from ...kernels import conv as cuda_conv
-        return cuda_conv.im2col(x, (kh, kw), (sh, sw), (top, bottom, left, right), (dh, dw),
+        return cuda_conv.im2col(x, (kh, kw), (sh, sw), (top, bottom, left, right), (dil_h, dil_w),
                                 (oh, ow), out)
     if top or bottom or left or right:
         padded = xp.zeros((n, c, h + top + bottom, w + left + right), dtype=x.dtype)
@@ -113,9 +113,9 @@ def im2col(x, kernel_size, stride=1, padding=0, dilation=1, out=None):
 
     col = xp.empty((n, c, kh, kw, oh, ow), dtype=x.dtype) if out is None else out
     for ky in range(kh):
-        y0 = ky * dh
+        y0 = ky * dil_h
         for kx in range(kw):
-            x0 = kx * dw
+            x0 = kx * dil_w
             col[:, :, ky, kx] = padded[:, :, y0:y0 + sh * oh:sh, x0:x0 + sw * ow:sw]
     return col
 
@@ -130,11 +130,11 @@ def col2im(col, x_shape, stride=1, padding=0, dilation=1, out=None):
     n, c, kh, kw, oh, ow = col.shape
     _, _, h, w = x_shape
     sh, sw = pair(stride, "stride")
-    dh, dw = pair(dilation, "dilation")
+    dil_h, dil_w = pair(dilation, "dilation")
     top, bottom, left, right = conv_padding(padding)
     if kernels.use_for(col):  # a per-pixel gather: one CUDA kernel, same sums
         from ...kernels import conv as cuda_conv
-        result = cuda_conv.col2im(col, x_shape, (sh, sw), (top, bottom, left, right), (dh, dw))
+        result = cuda_conv.col2im(col, x_shape, (sh, sw), (top, bottom, left, right), (dil_h, dil_w))
         if out is None:
             return result
         out[...] = result
@@ -142,9 +142,9 @@ def col2im(col, x_shape, stride=1, padding=0, dilation=1, out=None):
 
     grad = xp.zeros((n, c, h + top + bottom, w + left + right), dtype=col.dtype)
     for ky in range(kh):
-        y0 = ky * dh
+        y0 = ky * dil_h
         for kx in range(kw):
-            x0 = kx * dw
+            x0 = kx * dil_w
             grad[:, :, y0:y0 + sh * oh:sh, x0:x0 + sw * ow:sw] += col[:, :, ky, kx]
     grad = grad[:, :, top:top + h, left:left + w]  # drop the padding
     if out is None:
@@ -181,9 +181,9 @@ def _dx_as_conv_padding(stride, groups, kernel_size, dilation, padding):
     padding wider than the kernel keep col2im."""
     if stride != (1, 1) or groups != 1:
         return None
-    (kh, kw), (dh, dw) = kernel_size, dilation
+    (kh, kw), (dil_h, dil_w) = kernel_size, dilation
     top, bottom, left, right = padding
-    pads = (dh * (kh - 1) - top, dh * (kh - 1) - bottom, dw * (kw - 1) - left, dw * (kw - 1) - right)
+    pads = (dil_h * (kh - 1) - top, dil_h * (kh - 1) - bottom, dil_w * (kw - 1) - left, dil_w * (kw - 1) - right)
     return pads if min(pads) >= 0 else None
 
 
@@ -396,19 +396,19 @@ def conv2d_reference(x, weight, stride=1, padding=0, dilation=1):
     ``backward(dy) -> (dx, dW)``.  Slow; the tests check the fast path above
     against it."""
     xp = get_array_module(x, weight)
-    (sh, sw), (dh, dw_) = pair(stride, "stride"), pair(dilation, "dilation")
-    top, bottom, left, right = conv_padding(padding, weight.shape[2:], (dh, dw_))
+    (sh, sw), (dil_h, dil_w) = pair(stride, "stride"), pair(dilation, "dilation")
+    top, bottom, left, right = conv_padding(padding, weight.shape[2:], (dil_h, dil_w))
     n, c, h, w = x.shape
     o, _, kh, kw = weight.shape
     oh, ow = conv_output_size("conv2d_reference", (h, w), (kh, kw), (sh, sw),
-                              (top, bottom, left, right), (dh, dw_))
+                              (top, bottom, left, right), (dil_h, dil_w))
     x_pad = xp.zeros((n, c, h + top + bottom, w + left + right), dtype=x.dtype)
     x_pad[:, :, top:top + h, left:left + w] = x
 
-    def window(a, ky, kx):  # a[n, c, oy*sh + ky*dh, ox*sw + kx*dw] for every (oy, ox)
-        return a[:, :, ky * dh:ky * dh + sh * oh:sh, kx * dw_:kx * dw_ + sw * ow:sw]
+    def window(a, ky, kx):  # a[n, c, oy*sh + ky*dil_h, ox*sw + kx*dil_w] for every (oy, ox)
+        return a[:, :, ky * dil_h:ky * dil_h + sh * oh:sh, kx * dil_w:kx * dil_w + sw * ow:sw]
 
-    # y[n, o, oy, ox] = sum over c, ky, kx of W[o, c, ky, kx] * x_pad[n, c, oy*sh + ky*dh, ...]
+    # y[n, o, oy, ox] = sum over c, ky, kx of W[o, c, ky, kx] * x_pad[n, c, oy*sh + ky*dil_h, ...]
     y = sum(xp.einsum("oc,ncij->noij", weight[:, :, ky, kx], window(x_pad, ky, kx))
             for ky in range(kh) for kx in range(kw))
 

@@ -3,8 +3,8 @@ shifted slice of the flat padded image.
 
 Pad each image and lay its rows end to end: channel c becomes one flat row
 of Hp*Wp values.  Output pixel (oy, ox) and kernel offset (ky, kx) read flat
-index (oy + ky*dh)*Wp + ox + kx*dw = (oy*Wp + ox) + shift, with
-shift = ky*dh*Wp + kx*dw.  So on a "wide" output grid of OH rows of Wp
+index (oy + ky*dil_h)*Wp + ox + kx*dil_w = (oy*Wp + ox) + shift, with
+shift = ky*dil_h*Wp + kx*dil_w.  So on a "wide" output grid of OH rows of Wp
 pixels (each row's last Wp - OW pixels are junk and get dropped), offset
 (ky, kx) contributes
 
@@ -47,11 +47,11 @@ def _flat_padded(xp, x, pads, length):
 
 
 def _geometry(shape, kernel, pads, dilation):
-    (h, w), (kh, kw), (dh, dw) = shape[-2:], kernel, dilation
+    (h, w), (kh, kw), (dil_h, dil_w) = shape[-2:], kernel, dilation
     top, bottom, left, right = pads
     hp, wp = h + top + bottom, w + left + right
-    oh, ow = hp - dh * (kh - 1), wp - dw * (kw - 1)
-    return hp, wp, oh, ow, hp * wp + dw * (kw - 1)
+    oh, ow = hp - dil_h * (kh - 1), wp - dil_w * (kw - 1)
+    return hp, wp, oh, ow, hp * wp + dil_w * (kw - 1)
 
 
 def wide_conv(xp, x, weight, pads, dilation, out):
@@ -59,7 +59,7 @@ def wide_conv(xp, x, weight, pads, dilation, out):
     by weight (O, C, kh, kw) with padding (top, bottom, left, right)."""
     n, c = x.shape[:2]
     o, _, kh, kw = weight.shape
-    (dh, dw) = dilation
+    (dil_h, dil_w) = dilation
     hp, wp, oh, ow, length = _geometry(x.shape, (kh, kw), pads, dilation)
     wide = oh * wp
     w_offsets = xp.ascontiguousarray(weight.transpose(2, 3, 0, 1))  # (kh, kw, O, C)
@@ -71,7 +71,7 @@ def wide_conv(xp, x, weight, pads, dilation, out):
         part = workspace.borrow(xp, (m, o, wide), x.dtype)
         for ky in range(kh):
             for kx in range(kw):
-                shift = ky * dh * wp + kx * dw
+                shift = ky * dil_h * wp + kx * dil_w
                 window = flat[:, :, shift:shift + wide]
                 if ky == 0 and kx == 0:
                     xp.matmul(w_offsets[ky, kx], window, out=acc)
@@ -91,7 +91,7 @@ def wide_weight_grad(xp, x, dy, kernel, pads, dilation):
     """dW (O, C, kh, kw) of the convolution ``wide_conv`` computes, for dy (N, O, OH, OW)."""
     n, c = x.shape[:2]
     o = dy.shape[1]
-    (kh, kw), (dh, dw) = kernel, dilation
+    (kh, kw), (dil_h, dil_w) = kernel, dilation
     hp, wp, oh, ow, length = _geometry(x.shape, kernel, pads, dilation)
     wide = oh * wp
 
@@ -105,7 +105,7 @@ def wide_weight_grad(xp, x, dy, kernel, pads, dilation):
         grad = xp.empty((kh, kw, o, c), dtype=dy.dtype)
         for ky in range(kh):
             for kx in range(kw):
-                shift = ky * dh * wp + kx * dw
+                shift = ky * dil_h * wp + kx * dil_w
                 window = flat[:, :, shift:shift + wide]
                 grad[ky, kx] = xp.matmul(dy_mat, window.transpose(0, 2, 1)).sum(axis=0)
         workspace.give_back(flat)

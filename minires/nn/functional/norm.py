@@ -65,12 +65,22 @@ def _affine(x, scale, shift, out=None):
     return out
 
 
-def _mean_var(x):
-    """Per-channel mean and biased variance of x (N, C, M), in one pass over
-    memory: each batch chunk's count, mean and centred sum of squares (two
-    passes over the chunk while it is in the cache), then Chan et al.'s
-    formula combines the chunks in order.  Centred sums, never
-    E[x^2] - mean^2, which cancels badly in float32."""
+def combine_moments(parts):
+    """(count, mean, M2) of pieces of a batch -> (count, mean, M2) of the whole,
+    added in the order given (Chan et al.'s parallel formula, as torch's
+    batch_norm_gather_stats_with_counts).  M2 is the centred sum of squares:
+    never E[x^2] - mean^2, which cancels badly in float32.  Batch chunks use
+    it here, SyncBatchNorm for the ranks' shards."""
+    n = sum(p[0] for p in parts)
+    mean = parallel.sum_in_order([p[1] * (p[0] / n) for p in parts])
+    m2 = parallel.sum_in_order([p[2] + (p[1] - mean) ** 2 * p[0] for p in parts])
+    return n, mean, m2
+
+
+def moments(x):
+    """(count, mean, M2) per channel of x (N, C, M), in one pass over memory:
+    each batch chunk's count, mean and centred sum of squares (two passes
+    over the chunk while it is in the cache), combined in chunk order."""
     xp = get_array_module(x)
 
     def one(s):
@@ -80,24 +90,31 @@ def _mean_var(x):
         centred = xs - mean[:, None]
         return count, mean, xp.einsum("ncm,ncm->nc", centred, centred).sum(axis=0)
 
-    parts = parallel.map_chunks(one, parallel.batch_slices(x), like=x)
-    n = sum(p[0] for p in parts)
-    mean = parallel.sum_in_order([p[1] * (p[0] / n) for p in parts])
-    m2 = parallel.sum_in_order([p[2] + (p[1] - mean) ** 2 * p[0] for p in parts])
+    return combine_moments(parallel.map_chunks(one, parallel.batch_slices(x), like=x))
+
+
+def _mean_var(x):
+    """Per-channel mean and biased variance of x (N, C, M)."""
+    n, mean, m2 = moments(x)
     return mean, m2 * (1.0 / n)
 
 
-def batch_norm_forward(x, weight, bias, eps=1e-5, running_mean=None, running_var=None):
+def batch_norm_forward(x, weight, bias, eps=1e-5, running_mean=None, running_var=None,
+                       batch_mean_var=None):
     """Batch norm of ``x`` (N, C, M).  Returns ``y, cache``.
 
     With ``running_mean``/``running_var`` None, normalises with the batch's
     mean and biased variance (training, or a layer without running
     statistics); otherwise with the given running statistics (eval).
     ``weight``/``bias`` (C,) may be None (no affine / no bias).
+    ``batch_mean_var``: the batch statistics computed elsewhere (SyncBatchNorm:
+    over every rank's shard), used as this batch's own.
     """
     xp = get_array_module(x)
     batch_stats = running_mean is None
-    if batch_stats:
+    if batch_mean_var is not None:
+        mean, var = batch_mean_var
+    elif batch_stats:
         mean, var = _mean_var(x)
     else:
         mean, var = running_mean, running_var
@@ -131,7 +148,7 @@ def batch_norm_forward(x, weight, bias, eps=1e-5, running_mean=None, running_var
     return y, cache
 
 
-def batch_norm_backward(dy, cache):
+def batch_norm_backward(dy, cache, n=None, reduce_sums=None):
     """Returns ``dx, dweight, dbias`` (dweight/dbias None when the layer has none).
 
     Training (batch statistics), with x-hat = (x - mean) * inv_std, dxhat = dy*gamma:
@@ -139,10 +156,14 @@ def batch_norm_backward(dy, cache):
     which, per channel, is dx = a*dy + b*(x - mean) + c with
         a = gamma*inv_std,  c = -a*sum(dy)/n,  b = -gamma*inv_std^2*sum(dy*xhat)/n.
     Eval (fixed running statistics): the layer is affine, dx = dy*gamma*inv_std.
+
+    SyncBatchNorm: ``reduce_sums(sum_dy, sum_dy_xc)`` turns this shard's two
+    sums into the global batch's, and ``n`` is the global count; dweight and
+    dbias stay this shard's share (the gradient allreduce adds the shares).
     """
     xp = get_array_module(dy)
     batch_stats, x, inv_std, weight, has_bias, mean, _ = cache
-    n = dy.shape[0] * dy.shape[2]
+    n = dy.shape[0] * dy.shape[2] if n is None else n
     a = inv_std if weight is None else weight * inv_std
     need_dweight = weight is not None
 
@@ -152,8 +173,7 @@ def batch_norm_backward(dy, cache):
         if need_dweight:
             x_centered = x - mean[:, None]
             dweight = _channel_dot(dy, x_centered) * inv_std
-        dbias = _channel_sum(dy) if has_bias else None
-        return dx, dweight, dbias
+        return dx, dweight, _channel_sum(dy) if has_bias else None
 
     def sums(s):  # sum(dy) and sum(dy * (x - mean)) of a chunk: one read of dy and x
         dys = dy[s]
@@ -161,10 +181,14 @@ def batch_norm_backward(dy, cache):
                 xp.einsum("ncm,ncm->nc", dys, x[s] - mean[:, None]).sum(axis=0))
 
     parts = parallel.map_chunks(sums, parallel.batch_slices(dy), like=dy)
-    dbias = parallel.sum_in_order([p[0] for p in parts])
-    dy_dot_xhat = parallel.sum_in_order([p[1] for p in parts]) * inv_std  # = dweight
-    b = a * inv_std * dy_dot_xhat * (-1.0 / n)
-    c = a * dbias * (-1.0 / n)
+    sum_dy = parallel.sum_in_order([p[0] for p in parts])      # = dbias, when there is a bias
+    sum_dy_xc = parallel.sum_in_order([p[1] for p in parts])   # sum(dy * (x - mean))
+    dweight = sum_dy_xc * inv_std                               # = sum(dy * x-hat)
+    dbias = sum_dy
+    if reduce_sums is not None:  # SyncBatchNorm: the whole global batch's sums
+        sum_dy, sum_dy_xc = reduce_sums(sum_dy, sum_dy_xc)
+    b = a * inv_std * (sum_dy_xc * inv_std) * (-1.0 / n)
+    c = a * sum_dy * (-1.0 / n)
     dx = xp.empty_like(dy)
 
     def one(s):  # dx = a*dy + b*(x - mean) + c, a chunk at a time
@@ -174,8 +198,7 @@ def batch_norm_backward(dy, cache):
         dx[s] += centred
         dx[s] += c[:, None]
     parallel.map_chunks(one, parallel.batch_slices(dy), like=dy)
-    dweight = dy_dot_xhat if need_dweight else None
-    return dx, dweight, dbias if has_bias else None
+    return dx, dweight if need_dweight else None, dbias if has_bias else None
 
 
 def update_running_stats(running_mean, running_var, cache, n, factor):

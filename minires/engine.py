@@ -1,0 +1,116 @@
+"""One training step, evaluation and the timing probe: the pieces the
+trainer and the data-parallel workers both run (``train.py`` drives them
+through epochs; ``distributed/`` runs them on each MPI rank).
+
+One step, as data flows: the loader thread yields a normalised, augmented
+float32 NCHW batch (already on the device); ``logits = model(x)``;
+``loss = crit(logits, y)``; ``model.backward(crit.backward())`` fills every
+``p.grad``; ``opt.step()``; ``sched.step()``; ``opt.zero_grad()``.
+"""
+import copy
+import time
+
+import numpy as np
+
+from . import backend, models, nn, optim
+from . import random as mr_random
+from .grad_mode import no_grad
+
+
+class NonFiniteLoss(RuntimeError):
+    pass
+
+
+def build_model(name, num_classes=10):
+    return models.get(name, num_classes=num_classes)
+
+
+def build_optimizer(model, cfg):
+    params = (optim.split_decay_groups(model, cfg.weight_decay) if cfg.no_decay_bn_bias
+              else model.parameters())
+    return optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov,
+                     weight_decay=cfg.weight_decay)
+
+
+def build_schedule(opt, cfg, total_steps, steps_per_epoch):
+    """Schedules step once per iteration."""
+    if cfg.schedule == "onecycle":
+        return optim.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total_steps,
+                                pct_start=cfg.pct_start)
+    if cfg.schedule == "multistep":
+        return optim.MultiStepLR(opt, [int(0.5 * total_steps), int(0.75 * total_steps)], 0.1)
+    if cfg.schedule == "cosine":
+        warm = int(cfg.warmup_epochs * steps_per_epoch)
+        cos = optim.CosineAnnealingLR(opt, max(1, total_steps - warm))
+        if warm == 0:
+            return cos
+        return optim.SequentialLR(opt, [optim.LinearLR(opt, 0.1, 1.0, warm), cos], [warm])
+    if cfg.schedule == "constant":
+        return optim.MultiStepLR(opt, [], 1.0)
+    raise ValueError(f"unknown schedule {cfg.schedule!r}: onecycle, multistep, cosine, constant")
+
+
+def evaluate(model, images, labels, batch_size=500, device="cpu", dtype="float32"):
+    """Mean loss and accuracy over a whole split, in eval mode, keeping no caches."""
+    from .data import normalize
+    crit = nn.CrossEntropyLoss()
+    was_training = model.training
+    model.eval()
+    total_loss, correct = 0.0, 0
+    with no_grad():
+        for i in range(0, len(labels), batch_size):
+            x = backend.to_device(normalize(images[i:i + batch_size], dtype=np.dtype(dtype)), device)
+            y = backend.to_device(labels[i:i + batch_size], device)
+            logits = model(x)
+            total_loss += float(crit(logits, y)) * len(y)
+            correct += int((logits.argmax(axis=1) == y).sum())
+    model.train(was_training)
+    n = len(labels)
+    return total_loss / n, correct / n
+
+
+def train_step(model, crit, opt, sched, x, y):
+    """One SGD step; returns the loss (a 0-d array on the batch's backend) and logits."""
+    logits = model(x)
+    loss = crit(logits, y)
+    model.backward(crit.backward())
+    opt.step()
+    sched.step()
+    opt.zero_grad()
+    return loss, logits
+
+
+def probe_step_time(model, cfg, images, labels, steps=8, warmup=2, batch_size=None,
+                     step_fn=None):
+    """Seconds per training step and per eval image, timed on a throwaway copy so
+    neither the weights nor any random stream of the real run change.
+    ``batch_size`` and ``step_fn`` (default ``train_step``) let a distributed run
+    time its own per-rank step."""
+    from .data import normalize
+    rng_state = mr_random.get_rng_state()
+    probe = copy.deepcopy(model)
+    opt = build_optimizer(probe, cfg)
+    sched = optim.MultiStepLR(opt, [], 1.0)
+    crit = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing)
+    b = min(batch_size or cfg.batch_size, len(labels))
+    step_fn = step_fn or train_step
+    x = backend.to_device(normalize(images[:b], dtype=np.dtype(cfg.dtype)), cfg.device)
+    y = backend.to_device(labels[:b], cfg.device)
+    times = []
+    for _ in range(steps + warmup):
+        t0 = time.perf_counter()
+        float(step_fn(probe, crit, opt, sched, x, y)[0])
+        times.append(time.perf_counter() - t0)
+    step_time = float(np.median(times[warmup:]))
+    probe.eval()
+    nb = min(cfg.eval_batch_size, len(labels))
+    xe = backend.to_device(normalize(images[:nb], dtype=np.dtype(cfg.dtype)), cfg.device)
+    eval_times = []
+    with no_grad():
+        for _ in range(2):
+            t0 = time.perf_counter()
+            float(probe(xe).sum())
+            eval_times.append(time.perf_counter() - t0)
+    eval_per_image = min(eval_times) / nb
+    mr_random.set_rng_state(rng_state)
+    return step_time, eval_per_image
