@@ -31,7 +31,8 @@ from concurrent.futures import ThreadPoolExecutor
 ENV_VAR = "MINIRES_NUM_THREADS"
 CHUNK_BYTES = 4 << 20  # a convolution chunk's column buffer: fits a core's share of the caches
 PASS_CHUNK_BYTES = 1 << 20  # a chunk of a memory-bound pass (batch norm, ReLU)
-MIN_CHUNKS = 8  # so small layers still spread evenly over the cores
+MIN_CHUNKS = 8  # so small layers still spread evenly over the cores ...
+MIN_CHUNK_BYTES = 256 << 10  # ... but no chunk smaller than this (tiny arrays stay whole)
 
 _num_threads = None
 _chosen = False  # set_num_threads was called (the default may then not change it)
@@ -158,10 +159,16 @@ def batch_chunks(n, bytes_per_item, chunk_bytes=None):
     for its chunks of 7 images).  At least ``MIN_CHUNKS`` chunks when the
     batch allows: by bytes alone, a 64-channel 8x8 layer made 5 chunks, 3
     for one core and 2 for the other (measured: 8 chunks ran its forward and
-    backward 8% faster on 2 cores).  A CIFAR ResNet at batch 128 gets 8-19
-    chunks per convolution: enough for a laptop's cores, not for 32."""
+    backward 8% faster on 2 cores).  Not below ``MIN_CHUNK_BYTES`` a chunk,
+    though: splitting a tiny batch costs more than it gains, and a batch norm
+    over 3 samples computed one sample per chunk lost precision (float32 dx
+    7e-5 off instead of 1e-5, with |mean| = 36 std).  A CIFAR ResNet at batch
+    128 gets 8-19 chunks per convolution: enough for a laptop's cores, not
+    for 32."""
     chunk_bytes = CHUNK_BYTES if chunk_bytes is None else chunk_bytes
-    size = max(1, min(n, int(chunk_bytes // max(1, bytes_per_item)), -(-n // MIN_CHUNKS)))
+    per_item = max(1, bytes_per_item)
+    spread = max(-(-n // MIN_CHUNKS), int(MIN_CHUNK_BYTES // per_item))
+    size = max(1, min(n, int(chunk_bytes // per_item), spread))
     return [slice(i, min(i + size, n)) for i in range(0, n, size)]
 
 

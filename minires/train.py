@@ -264,8 +264,11 @@ class Trainer:
             cfg.fitted = fit_schedule(cfg, steps_per_epoch, len(self.test_data[1]), st, ev,
                                       spent_s=time.perf_counter() - self._t_run)
             self._log_plan()
-        self.sched = build_schedule(self.opt, cfg, cfg.fitted["total_steps"], steps_per_epoch)
         self.epoch, self.step, self.best_acc, self.history = 0, 0, -1.0, []
+        self.sched, total = self._schedule(cfg.fitted["total_steps"])
+        if total != cfg.fitted["total_steps"]:
+            cfg.fitted = {**cfg.fitted, "total_steps": total,
+                          "epochs": math.ceil(total / steps_per_epoch)}
         if state is not None:
             self.model.load_state_dict(state["model"])
             self.opt.load_state_dict(state["optimizer"])
@@ -344,6 +347,19 @@ class Trainer:
                      f"the probe took {time.perf_counter() - self._t_run:.0f} s")
         self.log(line)
 
+    def _schedule(self, total):
+        """The schedule over ``total`` steps, and that total.  A budget can fit
+        a step count that gives one-cycle a warm-up of zero length (torch
+        divides by zero there): then one step fewer."""
+        cfg, per_epoch = self.cfg, self.cfg.fitted["steps_per_epoch"]
+        while True:
+            try:
+                return build_schedule(self.opt, cfg, total, per_epoch), total
+            except ValueError:
+                if total <= max(1, getattr(self, "step", 0) + 1):
+                    raise
+                total -= 1
+
     def _epochs_that_fit(self, epoch_s):
         """Whole epochs of ``epoch_s`` seconds left in the time budget."""
         left = self.cfg.time_budget * 60 - (time.perf_counter() - self._t_run)
@@ -363,8 +379,7 @@ class Trainer:
                      f"--time-budget {cfg.time_budget:g} min; stopping at epoch {self.epoch}")
             return False
         epochs = self.epoch + fits
-        total = min(f["total_steps"], epochs * f["steps_per_epoch"])
-        self.sched = build_schedule(self.opt, cfg, total, f["steps_per_epoch"])
+        self.sched, total = self._schedule(min(f["total_steps"], epochs * f["steps_per_epoch"]))
         self.sched.last_epoch = self.step  # the same closed form, squeezed into fewer steps
         self.sched._apply()
         cfg.fitted = {**f, "epochs": epochs, "total_steps": total,
