@@ -337,7 +337,7 @@ def test_fast_conv_equals_the_reference_loop(data):
     stride 1) against conv2d_reference, in float64, over strides, paddings
     and dilations, with enough images for several chunks."""
     from minires import parallel
-    from minires.nn.functional.conv import conv2d_reference
+    from minires.nn.functional.conv_reference import conv2d_reference
     k = data.draw(st.integers(1, 3), "k")
     stride, dilation = data.draw(st.integers(1, 2), "stride"), data.draw(st.integers(1, 2), "dil")
     padding = data.draw(st.integers(0, 3), "padding")

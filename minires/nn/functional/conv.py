@@ -161,7 +161,7 @@ def col2im(col, x_shape, stride=1, padding=0, dilation=1, out=None):
 # one core they are faster than one batch-sized piece, because a chunk's column
 # buffer stays in the caches.  The weight gradient (a sum over the batch) is
 # added over the chunks in chunk order, and the chunks depend only on the
-# shapes: any thread count gives the same bits.  ``conv2d_reference`` below is
+# shapes: any thread count gives the same bits.  ``conv_reference.conv2d_reference`` is
 # the same convolution as a plain loop, for reading and for the tests.
 
 def _full_padding(cache, kernel_size):
@@ -233,7 +233,8 @@ def conv2d_forward(x, weight, bias=None, stride=1, padding=0, dilation=1, groups
 
     x (N, C, H, W), weight (O, C/groups, kh, kw), bias (O,) or None; stride and
     dilation an int or a pair; padding an int, a pair, (top, bottom, left,
-    right), "valid" or "same".  Returns ``(y, cache)`` with y (N, O, oh, ow)."""
+    right), "valid" or "same".  Returns ``(y, cache)`` with y (N, O, oh, ow).
+    The same convolution written to be read: ``conv_reference.conv2d_reference``."""
     xp = get_array_module(x, weight)
     n, c, h, w = x.shape
     o, c_per_group, kh, kw = weight.shape
@@ -387,37 +388,3 @@ def conv2d_backward(dy, cache):
     db = parallel.sum_in_order([p[1] for p in parts]) if has_bias else None
     return dx, dw, db
 
-
-# ---------------------------------------------------------------- reference
-
-def conv2d_reference(x, weight, stride=1, padding=0, dilation=1):
-    """The same convolution (one group, no bias) as plain index arithmetic, for
-    reading: one einsum per kernel offset.  Returns (y, backward) where
-    ``backward(dy) -> (dx, dW)``.  Slow; the tests check the fast path above
-    against it."""
-    xp = get_array_module(x, weight)
-    (sh, sw), (dil_h, dil_w) = pair(stride, "stride"), pair(dilation, "dilation")
-    top, bottom, left, right = conv_padding(padding, weight.shape[2:], (dil_h, dil_w))
-    n, c, h, w = x.shape
-    o, _, kh, kw = weight.shape
-    oh, ow = conv_output_size("conv2d_reference", (h, w), (kh, kw), (sh, sw),
-                              (top, bottom, left, right), (dil_h, dil_w))
-    x_pad = xp.zeros((n, c, h + top + bottom, w + left + right), dtype=x.dtype)
-    x_pad[:, :, top:top + h, left:left + w] = x
-
-    def window(a, ky, kx):  # a[n, c, oy*sh + ky*dil_h, ox*sw + kx*dil_w] for every (oy, ox)
-        return a[:, :, ky * dil_h:ky * dil_h + sh * oh:sh, kx * dil_w:kx * dil_w + sw * ow:sw]
-
-    # y[n, o, oy, ox] = sum over c, ky, kx of W[o, c, ky, kx] * x_pad[n, c, oy*sh + ky*dil_h, ...]
-    y = sum(xp.einsum("oc,ncij->noij", weight[:, :, ky, kx], window(x_pad, ky, kx))
-            for ky in range(kh) for kx in range(kw))
-
-    def backward(dy):
-        dw = xp.zeros_like(weight)
-        dx_pad = xp.zeros_like(x_pad)
-        for ky in range(kh):
-            for kx in range(kw):
-                dw[:, :, ky, kx] = xp.einsum("noij,ncij->oc", dy, window(x_pad, ky, kx))
-                window(dx_pad, ky, kx)[...] += xp.einsum("oc,noij->ncij", weight[:, :, ky, kx], dy)
-        return dx_pad[:, :, top:top + h, left:left + w], dw
-    return y, backward
