@@ -29,8 +29,6 @@ from .engine import (NonFiniteLoss, build_model, build_optimizer, build_schedule
 from .config import NUM_CLASSES, SCHEDULES, TrainConfig  # noqa: F401  (minires.train's names)
 from .fileio import atomic_write_bytes
 
-_probe_step_time = probe_step_time  # the name before engine.py; kept for scripts
-
 
 BUDGET_MARGIN = 0.95  # of the time left: logging, checkpoints and noise
 

@@ -294,7 +294,9 @@ def conv2d_backward(dy, cache):
     """Returns (dx, dW, db) for dy = dL/dy (N, O, oh, ow); db is None without a bias.
 
     With y = W @ col:  dW = dy @ col^T,  dcol = W^T @ dy,  dx = col2im(dcol),
-    and db sums dy over everything except the channel axis.
+    and db sums dy over everything except the channel axis.  A forward that
+    took the stride-1 path (conv_shifted.py) is undone there too: dW from the
+    same shifted slices, dx as a convolution of dy by the flipped kernel.
 
     col is rebuilt from the cached x into a borrowed buffer; once dW is
     computed col is not needed any more, so dcol is written into the same
