@@ -33,6 +33,7 @@ from ..nn import init
 from ..nn.activation import ReLU
 from ..nn.checks import check_input
 from ..nn.conv import Conv2d
+from ..nn.functional.add import add
 from ..nn.linear import Linear
 from ..nn.module import Module, Sequential
 from ..nn.norm import BatchNorm2d
@@ -122,7 +123,7 @@ class BasicBlock(Module):
     def forward(self, x):
         out = self.relu(self.bn1(self.conv1(x)))
         out = self.bn2(self.conv2(out))
-        out = out + self.shortcut(x)
+        out = add(out, self.shortcut(x))  # out + shortcut(x), on all cores
         return self.relu(out)
 
     def backward(self, dy):
@@ -138,7 +139,7 @@ class BasicBlock(Module):
         # x fed both paths, so its gradient is the sum of the two.  Through an
         # identity shortcut d_sum reaches x untouched: the "gradient highway"
         # that lets very deep ResNets train where plain nets do not.
-        return d_res + d_short
+        return add(d_res, d_short)  # d_res + d_short, on all cores
 
 
 class PlainBlock(Module):

@@ -14,6 +14,7 @@ gradients are summed.  That sum is why gradients reach the first layers of a
 from .. import nn
 from ..nn import init
 from ..nn.checks import check_input
+from ..nn.functional.add import add
 
 __all__ = ["ResNet", "BasicBlock", "Bottleneck",
            "resnet18", "resnet34", "resnet50", "resnet101", "resnet152"]
@@ -40,7 +41,7 @@ class _ResidualBlock(nn.Module):
         identity = x if self.downsample is None else self.downsample(x)
         # A new array, not ``out += identity``: ``out`` is the last BN's output and
         # a layer may keep its output in the cache for backward.
-        out = out + identity
+        out = add(out, identity)  # out + identity, on all cores
         # The second call of the one ReLU module (the first is inside F): its
         # cache goes on top of the stack, so backward pops it first.
         return self.relu(out)
@@ -52,7 +53,7 @@ class _ResidualBlock(nn.Module):
         d_x_shortcut = d_sum if self.downsample is None else self.downsample.backward(d_sum)
         d_x_residual = self._residual_backward(d_sum)
         # ... and both started from the same x, so x's gradient is their sum.
-        return d_x_residual + d_x_shortcut
+        return add(d_x_residual, d_x_shortcut)  # their sum, on all cores
 
 
 class BasicBlock(_ResidualBlock):

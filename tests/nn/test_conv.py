@@ -390,18 +390,26 @@ def test_shape_dependent_products_match_torch(o, size, stride):
     assert_close(dw, tw.grad, 1e-10, "dW")
 
 
+@pytest.mark.parametrize("stack", [True, False], ids=["dW-by-rows", "dW-per-offset"])
 @pytest.mark.parametrize("k, padding, dilation, bias", [
     (3, 1, 1, False), (3, 0, 1, True), (3, 2, 2, False), (2, "same", 1, True), (5, (2, 1), 1, False)],
     ids=["3x3-pad1", "3x3-valid-bias", "dilated", "same-asymmetric", "5x5-uneven"])
-def test_stride1_path_without_im2col_matches_torch(monkeypatch, k, padding, dilation, bias):
+def test_stride1_path_without_im2col_matches_torch(monkeypatch, k, padding, dilation, bias, stack):
     """Stride 1, one group, on the CPU: conv_shifted's products over shifted
     views of the flat padded image (forward, dW and dx), several chunks on
-    two threads, against torch in float64."""
+    two threads, against torch in float64.  Both layouts: column-shifted
+    copies for 'same'-width convolutions (3x3-pad1, dilated,
+    same-asymmetric), the padded wide grid for the others (valid,
+    5x5-uneven); and both ways of grouping the weight gradient's products
+    (by kernel rows, or one per offset)."""
     from minires import parallel
     from minires.nn.functional import conv_shifted
     calls = []
-    real = conv_shifted.wide_conv
-    monkeypatch.setattr(conv_shifted, "wide_conv", lambda *a: calls.append(1) or real(*a))
+    for name in ("wide_conv", "wide_backward"):
+        real = getattr(conv_shifted, name)
+        monkeypatch.setattr(conv_shifted, name,
+                            lambda *a, _real=real, _name=name: calls.append(_name) or _real(*a))
+    monkeypatch.setattr(conv_shifted, "STACKED_WEIGHT_GRAD_TERMS", 1000 if stack else 0)
     monkeypatch.setattr(parallel, "CHUNK_BYTES", 4096)  # a few images per chunk
     monkeypatch.setattr(parallel, "MIN_CHUNKS", 1)
     parallel.set_num_threads(2)
@@ -415,7 +423,7 @@ def test_stride1_path_without_im2col_matches_torch(monkeypatch, k, padding, dila
         dx, dw, db = conv2d_backward(dy, cache)
     finally:
         parallel.set_num_threads(parallel.available_cores())
-    assert len(calls) == 2, "the stride-1 path was not taken"  # forward and dx
+    assert calls[:2] == ["wide_conv", "wide_backward"], "the stride-1 path was not taken"
     tx = torch.from_numpy(x).requires_grad_(True)
     tw = torch.from_numpy(w).requires_grad_(True)
     tb = torch.from_numpy(b).requires_grad_(True) if bias else None

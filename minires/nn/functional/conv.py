@@ -337,11 +337,10 @@ def conv2d_backward(dy, cache):
                            "(it releases its input); run conv2d_forward again")
     if cache.get("shifted"):  # the im2col-free stride-1 path (conv_shifted.py)
         pads, dilation = cache["padding"], cache["dilation"]
-        dw = conv_shifted.wide_weight_grad(xp, x, dy, (kh, kw), pads, dilation)
         # dx: a convolution of dy by the flipped kernel, in/out channels swapped
         dx = xp.empty(cache["x_shape"], dtype=dy.dtype)
-        conv_shifted.wide_conv(xp, dy, weight[:, :, ::-1, ::-1].transpose(1, 0, 2, 3),
-                               _full_padding(cache, (kh, kw)), dilation, dx)
+        dw = conv_shifted.wide_backward(xp, x, dy, weight, pads, _full_padding(cache, (kh, kw)),
+                                        dilation, dx)
         db = dy.sum(axis=(0, 2, 3)) if has_bias else None
         return dx, dw, db
     g = cache["groups"]

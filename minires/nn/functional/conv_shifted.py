@@ -1,33 +1,133 @@
-"""Stride-1 convolution without im2col: one product per kernel offset, over a
-shifted slice of the flat padded image.
+"""Stride-1 convolution without im2col: a few products over shifted slices.
 
-Pad each image and lay its rows end to end: channel c becomes one flat row
-of Hp*Wp values.  Output pixel (oy, ox) and kernel offset (ky, kx) read flat
-index (oy + ky*dil_h)*Wp + ox + kx*dil_w = (oy*Wp + ox) + shift, with
-shift = ky*dil_h*Wp + kx*dil_w.  So on a "wide" output grid of OH rows of Wp
-pixels (each row's last Wp - OW pixels are junk and get dropped), offset
-(ky, kx) contributes
+A stride-1 convolution reads, for kernel offset (ky, kx), the input shifted
+by (ky*dil_h - top, kx*dil_w - left).  Lay each channel's image out flat and
+a shift in y is a shift of ``ky*dil_h`` whole rows: a plain slice, no copy.
 
-    W[:, :, ky, kx] @ flat[:, shift : shift + OH*Wp]      (O, C) @ (C, OH*Wp)
+* 'Same'-width convolutions (left + right = dil_w*(kw-1), so OW = W: every
+  stride-1 3x3 pad-1 conv of a ResNet).  For each column offset kx, one
+  copy of the image shifted by kx*dil_w - left: one long contiguous run per
+  channel, then the few columns that wrapped round from the next or last
+  row set to zero, and zero rows above and below for the vertical padding
+  (``_column_shifted``).  Stacked, these are ``rows[(kx, c), r*W + col]``,
+  and each kernel ROW is one product
 
-and that slice is a plain view: no im2col copy.  y sums the kh*kw products;
-the weight gradient is the same slices the other way round,
-dW[:, :, ky, kx] = sum over images of dy_wide @ slice^T, with dy_wide = dy on
-the wide grid, zeros in the junk columns (so they add nothing).  dx of a
-stride-1 convolution is itself a stride-1 convolution of dy (flipped kernel,
-see ``conv._full_padding``), so it comes from ``wide_conv`` too.
+      y += W[:, :, ky, :] @ rows[:, ky*dil_h*W : ky*dil_h*W + OH*W]      (O, kw*C) @ (kw*C, OH*W)
 
-Measured on one core at batch 128 (16-64 channels, 8x8 to 32x32): the
-forward 1.5-1.6x and the weight gradient 1.0-2.2x faster than im2col + one
-product, because the im2col copies (runs of only 8-32 values) cost as much
-as the products.  CPU only, stride 1, one group; ``conv.py`` keeps im2col
-for everything else (and the GPU, whose im2col is one kernel).  The batch
-runs in chunks on all cores, partial weight gradients are added in chunk
-order: the same bits on any thread count.
+  written straight into y: its rows are W wide too, nothing to crop.
+* Any other padding (valid, uneven): the image is padded and laid out flat
+  with rows Wp wide (``_flat_padded``); one product per offset (ky, kx) over
+  ``flat[:, ky*dil_h*Wp + kx*dil_w : ... + OH*Wp]``, on a "wide" grid whose
+  last Wp - OW columns of each row are junk and get dropped.
+
+The weight gradient is the same slices the other way round,
+dW[..., ky, kx] = sum over images of dy @ slice^T (dy on the wide grid, zeros
+in the junk columns, for the padded layout).  dx of a stride-1 convolution
+is itself a stride-1 convolution of dy (flipped kernel, see
+``conv._full_padding``), so it comes from the same products; the backward
+does dW and dx in one pass over the batch.
+
+Why: im2col copies runs of only 8-32 values, which cost as much as the
+products themselves, and products with only C = 16 terms run far below
+OpenBLAS's peak.  Measured at batch 128 on 2 cores against the padded
+layout with one product per offset: forward 7.5 -> 5.9 ms at 16 channels
+(32x32), 4.7 -> 3.7 at 32 (16x16), 4.1 -> 3.7 at 64 (8x8); backward
+12.2 -> 11.1, 9.9 -> 9.4, 9.7 -> 8.9.  CPU only, stride 1, one group;
+``conv.py`` keeps im2col for everything else (and the GPU, whose im2col is
+one kernel).  The batch runs in chunks on all cores, partial weight
+gradients are added in chunk order: the same bits on any thread count.
 """
 from ... import parallel
 from . import workspace
 
+STACKED_WEIGHT_GRAD_TERMS = 64  # dW by kernel rows below kw*C terms (see _weight_grad_rows)
+
+
+def _geometry(shape, kernel, pads, dilation):
+    (h, w), (kh, kw), (dil_h, dil_w) = shape[-2:], kernel, dilation
+    top, bottom, left, right = pads
+    hp, wp = h + top + bottom, w + left + right
+    oh, ow = hp - dil_h * (kh - 1), wp - dil_w * (kw - 1)
+    return hp, wp, oh, ow, hp * wp + dil_w * (kw - 1)
+
+
+def _same_width(shape, kernel, pads, dilation):
+    return pads[2] + pads[3] == dilation[1] * (kernel[1] - 1) and shape[-1] > 0
+
+
+# ---------------------------------------------------------------- 'same'-width layout
+
+def _column_shifted(xp, x, kw, dil_w, pads):
+    """rows (m, kw, C, Hp*W), a borrowed buffer: rows[:, kx, c, r*W + col] =
+    x[:, c, r - top, col + kx*dil_w - left], zero outside the image."""
+    m, c, h, w = x.shape
+    top, bottom, left, _ = pads
+    hp = h + top + bottom
+    rows = workspace.borrow(xp, (m, kw, c, hp * w), x.dtype)
+    x_flat = x.reshape(m, c, h * w)
+    for kx in range(kw):
+        d = kx * dil_w - left          # row kx reads x_flat[j - top*W + d]
+        r = rows[:, kx]
+        at = top * w - d               # where x_flat[0] lands
+        src, dst = max(0, -at), max(0, at)
+        count = max(0, min(h * w - src, hp * w - dst))
+        r[:, :, :dst] = 0
+        r[:, :, dst:dst + count] = x_flat[:, :, src:src + count]  # one run per channel
+        r[:, :, dst + count:] = 0
+        grid = r.reshape(m, c, hp, w)
+        if d < 0:    # these columns would read left of the image (the last row's end)
+            grid[:, :, :, :min(w, -d)] = 0
+        elif d > 0:  # ... or right of it (the next row's start)
+            grid[:, :, :, max(0, w - d):] = 0
+    return rows
+
+
+def _conv_rows(xp, rows, w_rows, dil_h, w, out_mat):
+    """out_mat (m, O, OH*W) = sum over kernel rows ky of
+    w_rows[ky] (O, kw*C) @ rows[:, :, ky*dil_h*W : ... + OH*W]."""
+    m, kw, c, length = rows.shape
+    stacked = rows.reshape(m, kw * c, length)
+    n_out = out_mat.shape[2]
+    part = workspace.borrow(xp, out_mat.shape, out_mat.dtype)
+    for ky in range(w_rows.shape[0]):
+        window = stacked[:, :, ky * dil_h * w:ky * dil_h * w + n_out]
+        if ky == 0:
+            xp.matmul(w_rows[0], window, out=out_mat)
+        else:
+            xp.matmul(w_rows[ky], window, out=part)
+            out_mat += part
+    workspace.give_back(part)
+
+
+def _weight_grad_rows(xp, rows, dy_mat, kh, dil_h, w):
+    """dW (O, C, kh, kw) of one chunk: sum over its images of dy @ slice^T.
+    By kernel rows, (O, HW) @ (HW, kw*C), when kw*C is small (3 and 16
+    channels: 1.1-1.2x faster on 2 cores), else one product per offset
+    (32 channels: 1.2x faster that way)."""
+    m, kw, c, _ = rows.shape
+    o, n_out = dy_mat.shape[1], dy_mat.shape[2]
+    if kw * c < STACKED_WEIGHT_GRAD_TERMS:
+        stacked = rows.reshape(m, kw * c, -1)
+        grad = xp.empty((kh, o, kw * c), dtype=dy_mat.dtype)
+        for ky in range(kh):
+            window = stacked[:, :, ky * dil_h * w:ky * dil_h * w + n_out]
+            grad[ky] = xp.matmul(dy_mat, window.transpose(0, 2, 1)).sum(axis=0)
+        return grad.reshape(kh, o, kw, c).transpose(1, 3, 0, 2)
+    grad = xp.empty((kh, kw, o, c), dtype=dy_mat.dtype)
+    for ky in range(kh):
+        for kx in range(kw):
+            window = rows[:, kx, :, ky * dil_h * w:ky * dil_h * w + n_out]
+            grad[ky, kx] = xp.matmul(dy_mat, window.transpose(0, 2, 1)).sum(axis=0)
+    return grad.transpose(2, 3, 0, 1)
+
+
+def _kernel_rows(xp, weight):
+    """weight (O, C, kh, kw) -> (kh, O, kw*C), columns ordered (kx, c) like rows."""
+    o, c, kh, kw = weight.shape
+    return xp.ascontiguousarray(weight.transpose(2, 0, 3, 1)).reshape(kh, o, kw * c)
+
+
+# ---------------------------------------------------------------- padded layout
 
 def _flat_padded(xp, x, pads, length):
     """x (m, C, H, W) padded by pads = (top, bottom, left, right) and laid out
@@ -39,79 +139,111 @@ def _flat_padded(xp, x, pads, length):
     flat = workspace.borrow(xp, (m, c, length), x.dtype)
     flat[:, :, :top * wp] = 0
     flat[:, :, (top + h) * wp:] = 0
-    rows = flat[:, :, top * wp:(top + h) * wp].reshape(m, c, h, wp)
-    rows[:, :, :, :left] = 0
-    rows[:, :, :, left + w:] = 0
-    rows[:, :, :, left:left + w] = x
+    grid = flat[:, :, top * wp:(top + h) * wp].reshape(m, c, h, wp)
+    grid[:, :, :, :left] = 0
+    grid[:, :, :, left + w:] = 0
+    grid[:, :, :, left:left + w] = x
     return flat
 
 
-def _geometry(shape, kernel, pads, dilation):
-    (h, w), (kh, kw), (dil_h, dil_w) = shape[-2:], kernel, dilation
-    top, bottom, left, right = pads
-    hp, wp = h + top + bottom, w + left + right
-    oh, ow = hp - dil_h * (kh - 1), wp - dil_w * (kw - 1)
-    return hp, wp, oh, ow, hp * wp + dil_w * (kw - 1)
+def _conv_padded(xp, flat, weight, geometry, dilation, out):
+    """out (m, O, OH, OW) from one chunk's flat padded images: a product per offset."""
+    o, _, kh, kw = weight.shape
+    _, wp, oh, ow, _ = geometry
+    m, wide = flat.shape[0], oh * wp
+    acc = workspace.borrow(xp, (m, o, wide), flat.dtype)
+    part = workspace.borrow(xp, (m, o, wide), flat.dtype)
+    for ky in range(kh):
+        for kx in range(kw):
+            shift = ky * dilation[0] * wp + kx * dilation[1]
+            window = flat[:, :, shift:shift + wide]
+            if ky == 0 and kx == 0:
+                xp.matmul(weight[:, :, 0, 0], window, out=acc)
+            else:
+                xp.matmul(weight[:, :, ky, kx], window, out=part)
+                acc += part
+    out[...] = acc.reshape(m, o, oh, wp)[:, :, :, :ow]  # drop the junk columns
+    workspace.give_back(acc)
+    workspace.give_back(part)
 
+
+def _weight_grad_padded(xp, flat, dy, geometry, kernel, dilation):
+    """dW (O, C, kh, kw) of one chunk, dy (m, O, OH, OW) put on the wide grid."""
+    (kh, kw), (dil_h, dil_w) = kernel, dilation
+    _, wp, oh, ow, _ = geometry
+    m, o, c = dy.shape[0], dy.shape[1], flat.shape[1]
+    dy_wide = workspace.borrow(xp, (m, o, oh, wp), dy.dtype)
+    dy_wide[:, :, :, :ow] = dy
+    dy_wide[:, :, :, ow:] = 0  # junk columns add nothing
+    dy_mat = dy_wide.reshape(m, o, oh * wp)
+    grad = xp.empty((o, c, kh, kw), dtype=dy.dtype)
+    for ky in range(kh):
+        for kx in range(kw):
+            window = flat[:, :, ky * dil_h * wp + kx * dil_w:][:, :, :oh * wp]
+            grad[:, :, ky, kx] = xp.matmul(dy_mat, window.transpose(0, 2, 1)).sum(axis=0)
+    workspace.give_back(dy_wide)
+    return grad
+
+
+# ---------------------------------------------------------------- the two passes
 
 def wide_conv(xp, x, weight, pads, dilation, out):
     """out (N, O, OH, OW) = the stride-1, one-group convolution of x (N, C, H, W)
     by weight (O, C, kh, kw) with padding (top, bottom, left, right)."""
     n, c = x.shape[:2]
     o, _, kh, kw = weight.shape
-    (dil_h, dil_w) = dilation
     hp, wp, oh, ow, length = _geometry(x.shape, (kh, kw), pads, dilation)
-    wide = oh * wp
-    w_offsets = xp.ascontiguousarray(weight.transpose(2, 3, 0, 1))  # (kh, kw, O, C)
+    itemsize = x.dtype.itemsize
+    if _same_width(x.shape, (kh, kw), pads, dilation):
+        w_rows = _kernel_rows(xp, weight)
 
-    def one(s):
-        m = s.stop - s.start
-        flat = _flat_padded(xp, x[s], pads, length)
-        acc = workspace.borrow(xp, (m, o, wide), x.dtype)
-        part = workspace.borrow(xp, (m, o, wide), x.dtype)
-        for ky in range(kh):
-            for kx in range(kw):
-                shift = ky * dil_h * wp + kx * dil_w
-                window = flat[:, :, shift:shift + wide]
-                if ky == 0 and kx == 0:
-                    xp.matmul(w_offsets[ky, kx], window, out=acc)
-                else:
-                    xp.matmul(w_offsets[ky, kx], window, out=part)
-                    acc += part
-        out[s] = acc.reshape(m, o, oh, wp)[:, :, :, :ow]  # drop the junk columns
-        for buf in (flat, acc, part):
-            workspace.give_back(buf)
-
-    per_image = (c * length + 2 * o * wide) * x.dtype.itemsize
+        def one(s):
+            rows = _column_shifted(xp, x[s], kw, dilation[1], pads)
+            _conv_rows(xp, rows, w_rows, dilation[0], ow, out[s].reshape(-1, o, oh * ow))
+            workspace.give_back(rows)
+        per_image = (kw * c * hp * ow + 2 * o * oh * ow) * itemsize
+    else:
+        def one(s):
+            flat = _flat_padded(xp, x[s], pads, length)
+            _conv_padded(xp, flat, weight, (hp, wp, oh, ow, length), dilation, out[s])
+            workspace.give_back(flat)
+        per_image = (c * length + 2 * o * oh * wp) * itemsize
     parallel.map_chunks(one, parallel.batch_chunks(n, per_image), like=x)
     return out
 
 
-def wide_weight_grad(xp, x, dy, kernel, pads, dilation):
-    """dW (O, C, kh, kw) of the convolution ``wide_conv`` computes, for dy (N, O, OH, OW)."""
+def wide_backward(xp, x, dy, weight, pads, full_pads, dilation, dx):
+    """dW (returned) and dx (written into ``dx``) of ``wide_conv``'s
+    convolution, in one pass over the batch.  dx is the convolution of dy,
+    padded by ``full_pads``, with the flipped kernel (channels swapped)."""
     n, c = x.shape[:2]
-    o = dy.shape[1]
-    (kh, kw), (dil_h, dil_w) = kernel, dilation
-    hp, wp, oh, ow, length = _geometry(x.shape, kernel, pads, dilation)
-    wide = oh * wp
+    o, _, kh, kw = weight.shape
+    geometry = _geometry(x.shape, (kh, kw), pads, dilation)
+    hp, wp, oh, ow, length = geometry
+    w_flip = weight[:, :, ::-1, ::-1].transpose(1, 0, 2, 3)  # (C, O, kh, kw)
+    itemsize = x.dtype.itemsize
+    if _same_width(x.shape, (kh, kw), pads, dilation):  # then dx's conv is too
+        h = x.shape[2]
+        w_rows = _kernel_rows(xp, w_flip)
+        hp_dy = oh + full_pads[0] + full_pads[1]
 
-    def one(s):
-        m = s.stop - s.start
-        flat = _flat_padded(xp, x[s], pads, length)
-        dy_wide = workspace.borrow(xp, (m, o, oh, wp), dy.dtype)
-        dy_wide[:, :, :, :ow] = dy[s]
-        dy_wide[:, :, :, ow:] = 0  # junk columns add nothing
-        dy_mat = dy_wide.reshape(m, o, wide)
-        grad = xp.empty((kh, kw, o, c), dtype=dy.dtype)
-        for ky in range(kh):
-            for kx in range(kw):
-                shift = ky * dil_h * wp + kx * dil_w
-                window = flat[:, :, shift:shift + wide]
-                grad[ky, kx] = xp.matmul(dy_mat, window.transpose(0, 2, 1)).sum(axis=0)
-        workspace.give_back(flat)
-        workspace.give_back(dy_wide)
-        return grad
-
-    per_image = (c * length + o * wide) * x.dtype.itemsize
+        def one(s):
+            rows = _column_shifted(xp, x[s], kw, dilation[1], pads)
+            grad = _weight_grad_rows(xp, rows, dy[s].reshape(-1, o, oh * ow), kh, dilation[0], ow)
+            workspace.give_back(rows)
+            rows = _column_shifted(xp, dy[s], kw, dilation[1], full_pads)
+            _conv_rows(xp, rows, w_rows, dilation[0], ow, dx[s].reshape(-1, c, h * ow))
+            workspace.give_back(rows)
+            return grad
+        per_image = (kw * c * hp * ow + kw * o * hp_dy * ow + 2 * c * h * ow) * itemsize
+    else:
+        def one(s):
+            flat = _flat_padded(xp, x[s], pads, length)
+            grad = _weight_grad_padded(xp, flat, dy[s], geometry, (kh, kw), dilation)
+            workspace.give_back(flat)
+            return grad
+        per_image = (c * length + o * oh * wp) * itemsize
     parts = parallel.map_chunks(one, parallel.batch_chunks(n, per_image), like=x)
-    return xp.ascontiguousarray(parallel.sum_in_order(parts).transpose(2, 3, 0, 1))
+    if not _same_width(x.shape, (kh, kw), pads, dilation):
+        wide_conv(xp, dy, w_flip, full_pads, dilation, dx)
+    return xp.ascontiguousarray(parallel.sum_in_order(parts))
