@@ -392,8 +392,10 @@ def test_shape_dependent_products_match_torch(o, size, stride):
 
 @pytest.mark.parametrize("stack", [True, False], ids=["dW-by-rows", "dW-per-offset"])
 @pytest.mark.parametrize("k, padding, dilation, bias", [
-    (3, 1, 1, False), (3, 0, 1, True), (3, 2, 2, False), (2, "same", 1, True), (5, (2, 1), 1, False)],
-    ids=["3x3-pad1", "3x3-valid-bias", "dilated", "same-asymmetric", "5x5-uneven"])
+    (3, 1, 1, False), (3, 0, 1, True), (3, 2, 2, False), (2, "same", 1, True), (5, (2, 1), 1, False),
+    (3, 10, 10, False)],
+    ids=["3x3-pad1", "3x3-valid-bias", "dilated", "same-asymmetric", "5x5-uneven",
+         "dilation-wider-than-image"])
 def test_stride1_path_without_im2col_matches_torch(monkeypatch, k, padding, dilation, bias, stack):
     """Stride 1, one group, on the CPU: conv_shifted's products over shifted
     views of the flat padded image (forward, dW and dx), several chunks on
