@@ -78,10 +78,15 @@ def test_finite_differences_float64(cls_name, shape, training):
 
 
 # ---------------------------------------------------------------- torch parity
+@pytest.mark.parametrize("rows", ["full-rows", "broadcast"])
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
 @pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
 @pytest.mark.parametrize("cls_name,shape", CASES, ids=CASE_IDS)
-def test_torch_parity(cls_name, shape, training, dtype):
+def test_torch_parity(monkeypatch, cls_name, shape, training, dtype, rows):
+    """Both ways of applying the per-channel terms: full (C, M) rows (small
+    layers) and the (C, 1) broadcast (layers whose rows would be large)."""
+    from minires.nn.functional import norm as norm_ops
+    monkeypatch.setattr(norm_ops, "ROWS_MAX_BYTES", 1 << 30 if rows == "full-rows" else 0)
     rng = np.random.default_rng(2)
     m, tm = make_pair(cls_name, shape[1], dtype, rng)
     m.train(training)

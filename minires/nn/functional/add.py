@@ -15,8 +15,7 @@ from ... import parallel
 def add(a, b):
     """A new array ``a + b``; same-shaped, same-dtype arrays run in batch
     chunks on all cores, anything else is NumPy's ``a + b``."""
-    if getattr(a, "shape", None) != getattr(b, "shape", None) or a.dtype != b.dtype \
-            or a.ndim == 0:
+    if a.shape != b.shape or a.dtype != b.dtype or a.ndim == 0:
         return a + b
     xp = get_array_module(a)
     out = xp.empty_like(a)

@@ -222,7 +222,8 @@ def wide_backward(xp, x, dy, weight, pads, full_pads, dilation, dx):
     hp, wp, oh, ow, length = geometry
     w_flip = weight[:, :, ::-1, ::-1].transpose(1, 0, 2, 3)  # (C, O, kh, kw)
     itemsize = x.dtype.itemsize
-    if _same_width(x.shape, (kh, kw), pads, dilation):  # then dx's conv is too
+    same_width = _same_width(x.shape, (kh, kw), pads, dilation)
+    if same_width:  # then dx's convolution is 'same'-width too
         h = x.shape[2]
         w_rows = _kernel_rows(xp, w_flip)
         hp_dy = oh + full_pads[0] + full_pads[1]
@@ -244,6 +245,6 @@ def wide_backward(xp, x, dy, weight, pads, full_pads, dilation, dx):
             return grad
         per_image = (c * length + o * oh * wp) * itemsize
     parts = parallel.map_chunks(one, parallel.batch_chunks(n, per_image), like=x)
-    if not _same_width(x.shape, (kh, kw), pads, dilation):
+    if not same_width:  # dx apart: its own geometry decides its layout
         wide_conv(xp, dy, w_flip, full_pads, dilation, dx)
     return xp.ascontiguousarray(parallel.sum_in_order(parts))

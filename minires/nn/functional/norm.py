@@ -37,15 +37,23 @@ mean, var:   the per-channel statistics used (biased variance for batch
 """
 
 
-def _rows(v, m):
-    """The per-channel vector v (C,) as a full (C, M) array, each row constant.
+ROWS_MAX_BYTES = 256 << 10  # full per-channel rows up to this size (see _rows)
 
-    Why: NumPy broadcasts a (C, 1) operand over a contiguous (n, C, M) chunk
-    1.6-2x slower than it combines two full arrays (measured on 1 MiB chunks:
-    96 against 46 microseconds for a subtraction, filling the rows included),
-    and these per-channel passes are most of batch norm's time.  Made once
-    per op and shared by every chunk (C*M values: in the cache)."""
+
+def _rows(v, m):
+    """The per-channel vector v (C,) as a (C, M) operand for a chunk (n, C, M).
+
+    Why: NumPy broadcasts a (C, 1) operand over a contiguous chunk 1.6-2x
+    slower than it combines two full arrays (measured on 1 MiB chunks: 96
+    against 46 microseconds for a subtraction, filling the rows included),
+    and these per-channel passes are most of batch norm's time.  So small
+    ones are made as full rows, once per op, shared by every chunk and kept
+    in the cache.  Large ones (ResNet-18's 64 x 112*112: 3 MiB, as big as a
+    chunk) would only add memory traffic (measured 1.5x slower): those stay
+    the (C, 1) broadcast."""
     xp = get_array_module(v)
+    if v.shape[0] * m * v.dtype.itemsize > ROWS_MAX_BYTES:
+        return v[:, None]
     rows = xp.empty((v.shape[0], m), dtype=v.dtype)
     rows[...] = v[:, None]
     return rows
