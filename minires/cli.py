@@ -12,7 +12,8 @@ does the work and returns the exit status.  Adding ``train``, ``eval``,
 import argparse
 import sys
 
-from . import cli_train, gradflow
+import minires  # for minires.__version__, the one place the version lives
+from . import cli_export, cli_predict, cli_train, gradflow
 from .cmdline import add_debug_argument, add_threads_argument, run_command
 from .errors import CommandError
 from .models import CIFAR_MODEL_NAMES, MODEL_NAMES
@@ -75,12 +76,17 @@ SUBCOMMANDS = {
                  gradflow.configure_gradflow, gradflow.run_gradflow),
     "summary": ("per-layer output shapes, parameters and MACs of a model",
                 add_summary_arguments, run_summary),
+    "export": ("write a checkpoint's weights as .safetensors (torch's key names + metadata)",
+               cli_export.configure_export, cli_export.run_export),
+    "predict": ("top classes and probabilities of image files by a trained model",
+                cli_predict.configure_predict, cli_predict.run_predict),
 }
 
 
 def build_parser():
     parser = argparse.ArgumentParser(
         prog="minires", description="ResNets from scratch in NumPy/CuPy, backward by hand.")
+    parser.add_argument("--version", action="version", version=f"minires {minires.__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name, (help_text, add_arguments, run) in SUBCOMMANDS.items():

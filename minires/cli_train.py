@@ -52,6 +52,12 @@ def configure_train(p):
     p.add_argument("--train-subset", type=int,
                    help="train on N images only: a class-balanced sample drawn with --seed")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--init-from", metavar="FILE",
+                   help="start from these weights instead of a random init: a .safetensors "
+                        "file of `minires export` (or torch's), .npz or .pth")
+    p.add_argument("--tensorboard", nargs="?", const="", default=None, metavar="DIR",
+                   help="write TensorBoard event files to DIR (default: the run folder); "
+                        "needs the tensorboard extra")
     d = p.add_argument_group("data-parallel training (launch with mpiexec -n N; needs the mpi extra)")
     d.add_argument("--distributed", action="store_true",
                    help="one replica per MPI rank, gradients averaged by allreduce; "
@@ -121,6 +127,9 @@ def run_train(args):
         raise CommandError("--sync-bn and --dist-timeout need --distributed")
     if args.resume_override and not args.resume:
         raise CommandError("--resume-override goes with --resume")
+    if args.init_from and args.resume:
+        raise CommandError("--init-from starts a new run from given weights; --resume continues "
+                           "a run from its own checkpoint: give one of them")
     over = dict(model=args.model, data=args.data, epochs=args.epochs, batch_size=args.batch_size,
                 lr=args.lr, schedule=args.schedule, momentum=args.momentum,
                 nesterov=args.nesterov, weight_decay=args.weight_decay,
@@ -132,7 +141,7 @@ def run_train(args):
     if args.resume:
         cfg = _resumed_config(args, over)
     else:
-        cfg = TrainConfig.from_recipe(args.recipe or "fast", **over)
+        cfg = TrainConfig.from_recipe(args.recipe or "fast", **over, init_from=args.init_from)
         cfg.out = args.out or f"runs/{cfg.model}"
         if os.path.exists(os.path.join(cfg.out, "last.ckpt")):
             raise CommandError(f"--out {cfg.out} already holds a run (last.ckpt): continue it "
@@ -141,16 +150,26 @@ def run_train(args):
     err = device_error(cfg.device)
     if err:
         raise CommandError(err)
+    if cfg.init_from and not args.resume:
+        # read once now, into a throwaway model, so that a missing file, a missing
+        # extra or weights that do not fit the model are reported before any data
+        from .convert import load_pretrained
+        from .engine import build_model
+        load_pretrained(build_model(cfg.model), cfg.init_from)
     if args.distributed:
         from .distributed import DistributedError, import_mpi
         try:
             import_mpi()
         except DistributedError as e:
             raise CommandError(str(e))
+    callbacks = []
+    if args.tensorboard is not None:  # no tensorboardX: an error before any download
+        from .tensorboard import TensorBoardLogger
+        callbacks.append(TensorBoardLogger(args.tensorboard or None))
     if args.download:
         from .data import download_cifar10, resolve_data_root
         download_cifar10(resolve_data_root(cfg.data))
-    trainer = Trainer(cfg)  # with --distributed, one MPIRanks worker per rank
+    trainer = Trainer(cfg, callbacks=callbacks)  # with --distributed, one MPIRanks worker per rank
     try:
         hist = trainer.run(resume=args.resume)
     except NonFiniteLoss as e:
@@ -165,38 +184,57 @@ def run_train(args):
 
 
 def configure_eval(p):
-    p.add_argument("--checkpoint", required=True)
+    p.add_argument("--checkpoint", required=True,
+                   help="a checkpoint of `minires train`, or a .safetensors file of `minires export`")
     p.add_argument("--data")
     p.add_argument("--split", default="test", choices=["test", "train"])
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--batch-size", type=int, default=500)
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--plot", metavar="PNG", help="also draw the confusion matrix into PNG "
+                                                 "(needs the plot extra)")
 
 
 def run_eval(args):
     import numpy as np
-    from .checkpoint import load_checkpoint
     from .data import load_cifar10
-    from .train import build_model, evaluate
+    from .inference import load_trained
+    from .metrics import confusion_matrix, format_report, per_class
+    from .train import evaluate
     err = device_error(args.device)
     if err:
         raise CommandError(err)
     if args.batch_size < 1:
         raise CommandError(f"--batch-size must be a whole number >= 1, got {args.batch_size}")
-    state = load_checkpoint(args.checkpoint)
-    cfg = state["config"]
-    model = build_model(cfg["model"])
-    model.load_state_dict(state["model"])
-    model.to(args.device, dtype=np.dtype(cfg.get("dtype", "float32")))
-    images, labels = load_cifar10(args.data or cfg.get("data"), split=args.split)[:2]
-    loss, acc = evaluate(model, images, labels, args.batch_size, args.device, cfg.get("dtype", "float32"))
-    res = {"checkpoint": args.checkpoint, "model": cfg["model"], "split": args.split,
-           "n": int(len(labels)), "loss": loss, "accuracy": acc, "epoch": state["epoch"]}
+    if args.plot:
+        from .plot import require_matplotlib
+        require_matplotlib()  # a missing extra is reported before any data is read
+    model, info = load_trained(args.checkpoint, args.device)
+    images, labels, classes = load_cifar10(args.data or info.get("data"), split=args.split)
+    if len(classes) != info["num_classes"]:
+        classes = info["classes"]
+    preds = np.empty(len(labels), dtype=np.int64)
+    loss, acc = evaluate(model, images, labels, args.batch_size, args.device, info["dtype"],
+                         predictions=preds)
+    cm = confusion_matrix(labels, preds, info["num_classes"])
+    name, epoch = info["architecture"], info.get("epoch")
+    res = {"checkpoint": args.checkpoint, "model": name, "split": args.split,
+           "n": int(len(labels)), "loss": loss, "accuracy": acc, "epoch": epoch,
+           "classes": list(classes), "per_class": per_class(cm, classes),
+           "confusion_matrix": cm.tolist()}
+    if args.plot:
+        from .plot import plot_confusion
+        res["plot"] = plot_confusion(cm, classes, args.plot,
+                                     title=f"{name}, {args.split}: {100 * acc:.2f}%")
     if args.json:
         print(json.dumps(res))
     else:
-        print(f"{cfg['model']} ({args.checkpoint}, epoch {state['epoch']}): {args.split} "
-              f"accuracy {100 * acc:.2f}%  loss {loss:.4f}  on {len(labels)} images")
+        at = f", epoch {epoch}" if epoch is not None else ""
+        print(f"{name} ({args.checkpoint}{at}): {args.split} "
+              f"accuracy {100 * acc:.2f}%  loss {loss:.4f}  on {len(labels)} images\n")
+        print(format_report(cm, classes))
+        if args.plot:
+            print(f"\nconfusion matrix plot: {args.plot}")
     return 0
 
 

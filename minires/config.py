@@ -33,6 +33,7 @@ class TrainConfig:
     time_budget: float = None           # minutes for the whole run
     max_steps: int = None               # stop (and fit the schedule) after this many steps
     train_subset: int = None            # use only the first N training images
+    init_from: str = None               # start from these weights (.safetensors, .npz, .pth)
     eval_batch_size: int = 500
     progress: bool = True
     # data-parallel training over MPI (minires.distributed); batch_size is then

@@ -50,8 +50,12 @@ def build_schedule(opt, cfg, total_steps, steps_per_epoch):
     raise ValueError(f"unknown schedule {cfg.schedule!r}: onecycle, multistep, cosine, constant")
 
 
-def evaluate(model, images, labels, batch_size=500, device="cpu", dtype="float32"):
-    """Mean loss and accuracy over a whole split, in eval mode, keeping no caches."""
+def evaluate(model, images, labels, batch_size=500, device="cpu", dtype="float32",
+             predictions=None):
+    """Mean loss and accuracy over a whole split, in eval mode, keeping no caches.
+    ``predictions``: a host integer array of ``len(labels)`` that receives each
+    image's predicted class (``minires eval``'s confusion matrix); copying them
+    off the device is the only extra cost, and only when asked."""
     from .data import normalize
     crit = nn.CrossEntropyLoss()
     was_training = model.training
@@ -63,7 +67,10 @@ def evaluate(model, images, labels, batch_size=500, device="cpu", dtype="float32
             y = backend.to_device(labels[i:i + batch_size], device)
             logits = model(x)
             total_loss += float(crit(logits, y)) * len(y)
-            correct += int((logits.argmax(axis=1) == y).sum())
+            pred = logits.argmax(axis=1)
+            correct += int((pred == y).sum())
+            if predictions is not None:
+                predictions[i:i + len(y)] = backend.to_numpy(pred)
     model.train(was_training)
     n = len(labels)
     return total_loss / n, correct / n

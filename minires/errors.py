@@ -43,6 +43,15 @@ class MissingExtraError(UserError, ImportError):
     """An optional dependency is not installed; the message names the extra."""
 
 
+class WeightsMismatchError(UserError, KeyError):
+    """A weights file whose keys or shapes do not fit the model; the message
+    names every such key (and both shapes).  A ``KeyError`` too, as
+    ``Module.load_state_dict`` raises, so existing handlers keep working."""
+
+    def __str__(self):  # KeyError's own str() would quote the message
+        return str(self.args[0]) if self.args else ""
+
+
 def one_line(message):
     """A message folded onto one line."""
     return " ".join(line.strip() for line in str(message).splitlines() if line.strip())

@@ -16,6 +16,11 @@ Tensors of at most ``max_elements`` values are checked element by element;
 larger ones along ``n_directions`` random unit directions ``d``, comparing
 ``(L(x + eps d) - L(x - eps d)) / 2eps`` with ``<grad, d>`` (two calls per
 direction instead of two per element), where ``L(x) = sum(f(x) * g)``.
+
+``method="complex"`` takes the complex-step derivative ``Im L(x + ih d) / h``
+instead (see ``derivatives.py``): one call per element, no subtraction, so it
+is exact to rounding and there is no eps to tune.  It needs a forward that
+accepts complex input.
 """
 import copy
 import inspect
@@ -23,13 +28,14 @@ import inspect
 import numpy
 
 from . import backend
+from . import derivatives
 from . import random as mr_random
 
 FLOAT64 = numpy.float64
 
 
-def gradcheck(module_or_function, *inputs, atol=1e-6, rtol=1e-4, eps=1e-6, max_elements=512,
-              n_directions=16, seed=0, raise_exception=True):
+def gradcheck(module_or_function, *inputs, atol=1e-6, rtol=1e-4, eps=None, max_elements=512,
+              n_directions=16, seed=0, raise_exception=True, method="central"):
     """Check analytic gradients against central finite differences.
 
     ``module_or_function`` is either
@@ -52,12 +58,26 @@ def gradcheck(module_or_function, *inputs, atol=1e-6, rtol=1e-4, eps=1e-6, max_e
     of the first input, and the other inputs are held constant.  A single
     output array is supported (modules with several inputs/outputs are not).
 
+    ``method`` is ``"central"`` (the default: central differences with step
+    ``eps``, 1e-6 unless given) or ``"complex"`` (the complex step with
+    ``h = eps``, 1e-20 unless given).  The complex step differentiates a
+    complex128 copy of the inputs and parameters, so every op in the forward
+    must accept complex numbers and follow their analytic continuation
+    (``x * x``, not ``abs(x) ** 2``).  minires's layers check for real
+    floating-point input and refuse complex, so use it with your own
+    ``(forward, backward)`` pairs and modules, or minires's functional ops.
+    Being exact to rounding, it can be run with rtol near 1e-12.
+
     A value passes when ``|analytic - numeric| <= atol + rtol * |numeric|``.
     Returns ``{name: worst absolute error}`` (``"input0"``, ``"weight"``,
     ``"0.bias"`` ...).  On failure raises ``AssertionError`` with a per-tensor
     report (worst error, where, analytic and numeric values), or returns
     ``False`` when ``raise_exception=False``.
     """
+    if method not in ("central", "complex"):
+        raise ValueError(f"gradcheck: method must be 'central' or 'complex', got {method!r}")
+    if eps is None:
+        eps = derivatives.DEFAULT_STEP if method == "complex" else 1e-6
     user_rng_state = mr_random.get_rng_state()
     try:
         target = _make_target(module_or_function, user_rng_state)
@@ -68,14 +88,14 @@ def gradcheck(module_or_function, *inputs, atol=1e-6, rtol=1e-4, eps=1e-6, max_e
                              "and no parameter)")
         rng = numpy.random.default_rng(seed)
         checks = _run_checks(target, inputs, diff_positions, rng,
-                             atol, rtol, eps, max_elements, n_directions)
+                             atol, rtol, eps, max_elements, n_directions, method)
     finally:
         mr_random.set_rng_state(user_rng_state)
 
     if all(c.passed for c in checks):
         return {c.name: c.worst_error for c in checks if c.name is not None}
     if raise_exception:
-        raise AssertionError(_report(target.label, checks, atol, rtol, eps))
+        raise AssertionError(_report(target.label, checks, atol, rtol, eps, method))
     return False
 
 
@@ -105,6 +125,9 @@ class _ModuleTarget:
         y = self.module(*inputs)
         self.module.clear_caches()  # run exactly the training code path, but keep nothing
         return y
+
+    def to_complex(self):
+        self.module.to(dtype=derivatives.COMPLEX)
 
     def forward_backward(self, inputs, make_upstream):
         self._reset()
@@ -136,6 +159,9 @@ class _FunctionTarget:
 
     def parameters(self):
         return []
+
+    def to_complex(self):
+        pass
 
     def forward_only(self, inputs):
         mr_random.set_rng_state(self.rng_state)
@@ -175,7 +201,7 @@ class _Check:
 
 
 def _run_checks(target, inputs, diff_positions, rng, atol, rtol, eps, max_elements,
-                n_directions):
+                n_directions, method):
     upstream = {}
 
     def make_upstream(y):
@@ -221,6 +247,20 @@ def _run_checks(target, inputs, diff_positions, rng, atol, rtol, eps, max_elemen
         return [whole]
 
     per_input = _match_input_grads(input_grads, diff_positions, len(inputs))
+    if method == "complex":
+        # From here on the values perturbed are complex copies; the analytic
+        # gradients above came from the real float64 code path.
+        target.to_complex()
+        inputs = [derivatives.complex_copy(x) if i in diff_positions else x
+                  for i, x in enumerate(inputs)]
+        problem = derivatives.probe(target, inputs)
+        if problem:
+            whole.problem = problem
+            return [whole]
+
+        def output():  # noqa: F811 -- the complex output, imaginary part and all
+            return target.forward_only(inputs).copy()
+
     checks, tensors = [], []
     for pos in diff_positions:
         tensors.append((f"input{pos}", inputs[pos], per_input.get(pos, _MISSING)))
@@ -247,11 +287,10 @@ def _run_checks(target, inputs, diff_positions, rng, atol, rtol, eps, max_elemen
                 continue
         if value.size == 0:
             continue
-        if elementwise:
-            ana, num, where = _elementwise(output, slope, value, analytic_np, eps)
-        else:
-            ana, num, where = _directional(output, slope, value, analytic_np, eps,
-                                           n_directions, rng)
+        at, along = (derivatives.complex_step(output, g, value, eps) if method == "complex"
+                     else derivatives.central(output, slope, value, eps))
+        ana, num, where = (derivatives.elementwise(at, value, analytic_np) if elementwise else
+                           derivatives.directional(along, value, analytic_np, n_directions, rng))
         _compare(check, ana, num, where, atol, rtol)
     return checks
 
@@ -274,41 +313,6 @@ def _match_input_grads(grads, diff_positions, n_inputs):
                      f"{len(diff_positions)} floating-point inputs")
 
 
-def _elementwise(output, slope, value, analytic_np, eps):
-    """Central differences, one element at a time, perturbing ``value`` in place."""
-    numeric = numpy.empty(value.shape)
-    for idx in numpy.ndindex(*value.shape):
-        orig = float(value[idx])  # a Python float: a CuPy element would be a view
-        up, down = orig + eps, orig - eps
-        value[idx] = up
-        y_up = output()
-        value[idx] = down
-        y_down = output()
-        value[idx] = orig
-        numeric[idx] = slope(y_up, y_down, up - down)  # the step actually taken
-    where = list(numpy.ndindex(*value.shape))
-    return analytic_np.ravel(), numeric.ravel(), where
-
-
-def _directional(output, slope, value, analytic_np, eps, n_directions, rng):
-    """Central differences along random unit directions: L'(x; d) vs <grad, d>."""
-    device = backend.device_of(value)
-    orig = value.copy()
-    ana, num = numpy.empty(n_directions), numpy.empty(n_directions)
-    for k in range(n_directions):
-        d = rng.standard_normal(value.shape)
-        d /= numpy.linalg.norm(d)
-        d_dev = backend.to_device(d, device)
-        value[...] = orig + eps * d_dev
-        y_up = output()
-        value[...] = orig - eps * d_dev
-        y_down = output()
-        num[k] = slope(y_up, y_down, 2 * eps)
-        ana[k] = float((analytic_np * d).sum())
-    value[...] = orig
-    return ana, num, [f"direction {k}" for k in range(n_directions)]
-
-
 def _compare(check, ana, num, where, atol, rtol):
     err = numpy.abs(ana - num)
     bound = atol + rtol * numpy.abs(num)
@@ -322,9 +326,10 @@ def _compare(check, ana, num, where, atol, rtol):
 
 
 # --------------------------------------------------------------------------- report
-def _report(label, checks, atol, rtol, eps):
+def _report(label, checks, atol, rtol, eps, method="central"):
+    step = "complex step h" if method == "complex" else "eps"
     lines = [f"gradcheck failed for {label} (float64; pass if |analytic - numeric| <= "
-             f"atol + rtol*|numeric|, atol={atol:g}, rtol={rtol:g}, eps={eps:g}):"]
+             f"atol + rtol*|numeric|, atol={atol:g}, rtol={rtol:g}, {step}={eps:g}):"]
     for c in checks:
         if c.name is None:
             lines.append(f"  FAIL: {c.problem}")

@@ -53,3 +53,35 @@ def plot_run(run_dir, out=None):
         fig.savefig(f, format="png", dpi=110)
     plt.close(fig)
     return out
+
+
+def plot_confusion(cm, classes, out, title=None):
+    """The confusion matrix ``cm`` (rows: true class, columns: predicted) as
+    a PNG at ``out``: each cell's colour is its share of the row (the
+    class's images), and it shows its count.  Returns ``out``."""
+    plt = require_matplotlib()
+    import numpy as np
+    cm = np.asarray(cm)
+    rows = cm.sum(axis=1, keepdims=True)
+    share = np.divide(cm, rows, out=np.zeros(cm.shape), where=rows > 0)
+    n = len(classes)
+    fig, ax = plt.subplots(figsize=(1.0 + 0.62 * n, 0.8 + 0.55 * n))
+    im = ax.imshow(share, cmap="Blues", vmin=0, vmax=1)
+    for i in range(n):
+        for j in range(n):
+            ax.text(j, i, str(int(cm[i, j])), ha="center", va="center", fontsize=8,
+                    color="white" if share[i, j] > 0.5 else "black")
+    ax.set_xticks(range(n))
+    ax.set_xticklabels(classes, rotation=45, ha="right")
+    ax.set_yticks(range(n))
+    ax.set_yticklabels(classes)
+    ax.set_xlabel("predicted class")
+    ax.set_ylabel("true class")
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.04, label="share of the true class")
+    if title:
+        ax.set_title(title)
+    fig.tight_layout()
+    with atomic_write(out) as f:
+        fig.savefig(f, format="png", dpi=110)
+    plt.close(fig)
+    return out

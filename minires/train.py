@@ -116,9 +116,20 @@ class Trainer:
     or ``minires.distributed.MPIRanks(cfg)`` when ``cfg.distributed`` (so
     that ``Trainer(TrainConfig(distributed=True)).run()`` under mpiexec just
     works).  Only the main worker writes files and logs.
+
+    ``callbacks``: observers of the run (e.g. ``minires.tensorboard.
+    TensorBoardLogger``), called on every worker (each checks ``is_main``
+    before it writes) through whichever of these methods they have:
+    ``on_run_start(trainer)`` after setup (and resume), ``on_log_step(
+    trainer, record)`` every time the step counters are read (every 10
+    steps; record: step, lr, train_loss, train_acc, images_per_s of those
+    steps), ``on_epoch_end(trainer, metrics)`` after the epoch's checkpoint
+    (metrics: its row of metrics.jsonl) and ``on_run_end(trainer)``, also
+    when the run fails.
     """
 
-    def __init__(self, cfg, train_data=None, test_data=None, log=print, workers=None):
+    def __init__(self, cfg, train_data=None, test_data=None, log=print, workers=None,
+                 callbacks=()):
         cfg.validate()
         if workers is None:
             if cfg.distributed:
@@ -127,11 +138,18 @@ class Trainer:
             else:
                 workers = OneProcess()
         self.workers = workers
+        self.callbacks = list(callbacks)
         self.cfg, self.log = cfg, (log if workers.is_main else _silent)
         self.train_data, self.test_data = train_data, test_data
         self.last_path = os.path.join(cfg.out, "last.ckpt")
         self.best_path = os.path.join(cfg.out, "best.ckpt")
         self.metrics_path = os.path.join(cfg.out, "metrics.jsonl")
+
+    def _notify(self, event, *args):
+        for cb in self.callbacks:
+            method = getattr(cb, event, None)
+            if method is not None:
+                method(self, *args)
 
     @property
     def is_main(self):
@@ -165,6 +183,12 @@ class Trainer:
             cfg.fitted = state["config"]["fitted"]  # never refit on resume
         mr_random.manual_seed(cfg.seed)
         self.model = workers.build_model(self)
+        if state is None and cfg.init_from and self.is_main:
+            # a new run from given weights (fine-tuning); under MPI only rank 0
+            # reads the file and after_setup sends its weights to the others
+            from .convert import load_pretrained
+            load_pretrained(self.model, cfg.init_from)
+            self.log(f"initial weights from {cfg.init_from}")
         self.opt = build_optimizer(self.model, cfg)
         # the labels were range-checked once on the host (_read_data), so the loss
         # need not read a flag back from the GPU in every step
@@ -218,6 +242,7 @@ class Trainer:
         bar = tqdm(total=n_batches, desc=f"epoch {self.epoch + 1}/{cfg.fitted['epochs']}",
                    disable=not (cfg.progress and self.is_main), mininterval=1.0, leave=False)
         loss_sum, correct, seen, t0 = 0.0, 0, 0, time.perf_counter()
+        t_window = t0
         pending = []  # losses kept on the device, read every few steps
         self.loss_curve = []  # mean training loss of every 10 steps
         for i, (x, y) in enumerate(loader):
@@ -243,8 +268,15 @@ class Trainer:
                         f"the training loss became non-finite at epoch {self.epoch + 1}, step "
                         f"{self.step} (lr {self.opt.param_groups[0]['lr']:.4g}); the last good "
                         f"checkpoint is kept at {self.last_path}; try a lower --lr")
+                now = time.perf_counter()
                 bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}",
-                                img_s=f"{seen / (time.perf_counter() - t0):.0f}")
+                                img_s=f"{seen / (now - t0):.0f}")
+                if self.callbacks:
+                    self._notify("on_log_step", {
+                        "step": self.step, "lr": self.opt.param_groups[0]["lr"],
+                        "train_loss": window / count, "train_acc": hits / count,
+                        "images_per_s": count / (now - t_window)})
+                t_window = now
             bar.update(1)
         bar.close()
         return loss_sum / max(seen, 1), correct / max(seen, 1), seen / (time.perf_counter() - t0)
@@ -312,9 +344,16 @@ class Trainer:
         return self.workers.run(lambda: self._run(resume))
 
     def _run(self, resume):
-        cfg = self.cfg
         self._t_run = time.perf_counter()  # the budget counts loading and the probe too
         self._setup(resume)
+        try:
+            self._notify("on_run_start")
+            return self._epochs()
+        finally:
+            self._notify("on_run_end")
+
+    def _epochs(self):
+        cfg = self.cfg
         t_start = time.perf_counter()
         while self.epoch < cfg.fitted["epochs"] and self.step < cfg.fitted["total_steps"]:
             t_epoch = time.perf_counter()
@@ -340,6 +379,7 @@ class Trainer:
                 save_checkpoint(self.last_path, state)
             self.log(f"epoch {self.epoch}/{cfg.fitted['epochs']}  train loss {tl:.4f} acc "
                      f"{ta:.4f}  test loss {vl:.4f} acc {va:.4f}  {ips:.0f} img/s")
+            self._notify("on_epoch_end", m)
             if cfg.time_budget is not None and self.epoch < cfg.fitted["epochs"]:
                 if not self._refit(time.perf_counter() - t_epoch):
                     break

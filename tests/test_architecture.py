@@ -13,13 +13,14 @@ ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
 LAYERS = {
     "backend": 0, "random": 0, "grad_mode": 0, "errors": 0, "fileio": 0, "heap": 0,
     "parallel": 0, "kernels": 0, "recipes": 0,
-    "nn": 1, "gradcheck": 1, "summary": 1,
-    "models": 2, "optim": 2,
-    "data": 3, "checkpoint": 3, "convert": 3, "plot": 3,
-    "engine": 4, "config": 4, "exercises": 4,
+    "nn": 1, "gradcheck": 1, "derivatives": 1, "summary": 1,
+    "models": 2, "optim": 2, "testing": 2,
+    "data": 3, "checkpoint": 3, "convert": 3, "plot": 3, "metrics": 3,
+    "engine": 4, "config": 4, "exercises": 4, "inference": 4,
     "distributed": 5,
     "train": 6,
-    "cmdline": 7, "cli": 7, "cli_train": 7, "gradflow": 7, "__main__": 7,
+    "cmdline": 7, "cli": 7, "cli_train": 7, "cli_export": 7, "cli_predict": 7, "gradflow": 7,
+    "tensorboard": 7, "__main__": 7,
 }
 
 

@@ -100,8 +100,10 @@ def decode_image(data, name, image_size, Image):
                 im = im.convert("RGB")
             pixels = np.asarray(im)
     except Exception as e:  # Pillow raises OSError, SyntaxError, ValueError...
-        raise CorruptDataError(f"{name}: cannot decode the image "
-                               f"({type(e).__name__}: {e})") from e
+        # UnidentifiedImageError's own text names only the in-memory buffer
+        why = ("not a format Pillow reads" if type(e).__name__ == "UnidentifiedImageError"
+               else f"{type(e).__name__}: {e}")
+        raise CorruptDataError(f"{name}: cannot decode the image ({why})") from e
     if image_size is not None and pixels.shape[:2] != tuple(image_size):
         raise CorruptDataError(f"{name}: image is {pixels.shape[1]}x{pixels.shape[0]} "
                                f"(width x height); expected {image_size[1]}x{image_size[0]}")

@@ -36,13 +36,15 @@ def build_cifar_model(name):
     return builder(int(match.group(2)))
 
 
-def gradient_profile(model, x, y):
+def gradient_profile(model, x, y, weight_grads=False):
     """Gradient norms of one forward + backward of the mean cross-entropy on
     ``(x, y)``, in train mode (batch statistics, as in training).  The model's
     BatchNorm running statistics and its parameters' ``.grad`` are put back
     afterwards, so measuring does not disturb training.  Returns a dict:
     ``loss``, ``layers`` and ``blocks`` (as ``GradientRecorder.as_dict``),
-    sorted by depth."""
+    sorted by depth.  With ``weight_grads``, also ``weight_grads``: {layer
+    name: its dL/dW as a NumPy array} for every layer in ``layers`` (what
+    ``minires train --tensorboard`` draws as histograms)."""
     from ..nn.loss import CrossEntropyLoss
     grads = [(p, p.grad) for p in model.parameters()]
     buffers = [(m, k, b.copy()) for m in model.modules() for k, b in m._buffers.items()
@@ -56,6 +58,10 @@ def gradient_profile(model, x, y):
         with GradientRecorder(model) as rec:
             loss = float(crit(model(x), y))
             model.backward(crit.backward())
+        if weight_grads:
+            # every .grad was cleared above, so each holds this probe's dL/dW alone
+            modules = dict(model.named_modules())
+            dw = {r.name: backend.to_numpy(modules[r.name].weight.grad) for r in rec.layers}
     finally:
         for p, g in grads:
             p.grad = g
@@ -65,6 +71,8 @@ def gradient_profile(model, x, y):
     out = rec.as_dict()
     for key in ("layers", "blocks"):
         out[key].sort(key=lambda r: (r["depth"], r["name"]))
+    if weight_grads:
+        out["weight_grads"] = dw
     return {"loss": loss, **out}
 
 

@@ -1,7 +1,8 @@
-"""ReLU and Dropout modules."""
+"""ReLU, LeakyReLU and Dropout modules."""
 from .. import random as mr_random
 from .checks import check_float
-from .functional.activation import relu_forward, relu_backward, dropout_forward, dropout_backward
+from .functional.activation import (dropout_backward, dropout_forward, leaky_relu_backward,
+                                   leaky_relu_forward, relu_backward, relu_forward)
 from .module import Module
 
 
@@ -21,6 +22,28 @@ class ReLU(Module):
 
     def extra_repr(self):
         return "inplace=True" if self.inplace else ""
+
+
+class LeakyReLU(Module):
+    """torch.nn.LeakyReLU: x for x > 0, negative_slope * x otherwise (the
+    worked example of docs/testing.md)."""
+
+    def __init__(self, negative_slope=0.01, inplace=False):
+        super().__init__()
+        self.negative_slope = float(negative_slope)
+        self.inplace = inplace  # accepted for torch compatibility; minires never aliases
+
+    def forward(self, x):
+        check_float("LeakyReLU", x)
+        y, mask = leaky_relu_forward(x, self.negative_slope)
+        self._save(y, mask)
+        return y
+
+    def backward(self, dy):
+        return leaky_relu_backward(dy, self._restore(dy), self.negative_slope)
+
+    def extra_repr(self):
+        return f"negative_slope={self.negative_slope}" + (", inplace=True" if self.inplace else "")
 
 
 class Dropout(Module):

@@ -1,4 +1,4 @@
-"""ReLU and dropout, forward and backward side by side.
+"""ReLU, LeakyReLU and dropout, forward and backward side by side.
 
 ReLU's two passes run in batch chunks on all cores (``minires.parallel``);
 elementwise, so the result is the same on any thread count."""
@@ -24,6 +24,21 @@ def relu_backward(dy, mask):
     parallel.map_chunks(lambda s: xp.multiply(dy[s], mask[s], out=dx[s]),
                         parallel.batch_slices(dy), like=dy)
     return dx
+
+
+def leaky_relu_forward(x, negative_slope):
+    """x where x > 0, else negative_slope * x.  The mask is kept for backward;
+    at exactly 0 the slope is negative_slope, as in torch."""
+    xp = get_array_module(x)
+    mask = x > 0
+    # the slope as x's scalar type: a Python float would not upcast, but a
+    # float64 NumPy scalar from a caller would
+    return xp.where(mask, x, x * x.dtype.type(negative_slope)), mask
+
+
+def leaky_relu_backward(dy, mask, negative_slope):
+    xp = get_array_module(dy)
+    return xp.where(mask, dy, dy * dy.dtype.type(negative_slope))
 
 
 def dropout_forward(x, p, uniform_draw):

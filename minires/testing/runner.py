@@ -1,0 +1,106 @@
+"""``check_module``: every promise of the module contract, over hypothesis examples."""
+import numpy as np
+from hypothesis import HealthCheck, Phase, given, settings as hsettings, strategies as st
+
+from .. import backend
+from .. import random as mr_random
+from ..grad_mode import no_grad
+from . import contract
+from .strategies import upstream_gradients
+
+DEFAULT_EXAMPLES = 10
+
+
+def split_case(case, where):
+    """``x`` -> ({}, x); ``(kwargs, x)`` -> (kwargs, x); anything else: a clear error."""
+    if isinstance(case, tuple) and len(case) == 2 and isinstance(case[0], dict):
+        kwargs, x = case
+    else:
+        kwargs, x = {}, case
+    if not (hasattr(x, "dtype") and hasattr(x, "shape")) or x.dtype.kind != "f":
+        raise TypeError(f"{where}: the input strategy must draw a float array x or a pair "
+                        f"(kwargs, x); it drew {type(case).__name__}"
+                        + (f" with x of dtype {x.dtype}" if hasattr(x, "dtype") else ""))
+    return kwargs, x
+
+
+def example_settings(max_examples, settings):
+    if settings is not None:
+        return settings
+    # deadline=None: a gradcheck takes as long as the layer has parameters, and
+    # a timing-dependent failure would be noise, not a contract violation.
+    # No explain phase: its line tracer slows every replayed gradcheck several-fold.
+    return hsettings(max_examples=max_examples, deadline=None,
+                     phases=[Phase.explicit, Phase.reuse, Phase.generate, Phase.target,
+                             Phase.shrink],
+                     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+
+
+def check_module(factory, input_strategy, *, checks=None, skip=(), max_examples=DEFAULT_EXAMPLES,
+                 gradcheck_kwargs=None, settings=None, seed=0):
+    """Check that the modules ``factory`` builds keep the whole module contract.
+
+    ``factory`` is a class or callable returning a new module: ``factory()``
+    when ``input_strategy`` draws arrays ``x``, or ``factory(**kwargs)`` when
+    it draws pairs ``(kwargs, x)`` (``cases(conv_configs())`` does).  Inputs
+    should be float64 and kink-free (``minires.testing.arrays``).
+
+    For each of ``max_examples`` hypothesis examples it runs (``checks``
+    selects by name, ``skip`` leaves some out; see ``contract.CHECKS``):
+
+    * ``gradients_train`` / ``gradients_eval``: ``minires.gradcheck`` in float64,
+      in train mode and in eval mode (after a training forward moved any
+      running statistics); ``gradcheck_kwargs`` go to it (``atol``, ``rtol``,
+      ``method="complex"`` ...);
+    * ``grads_accumulate``: two backward calls add into ``p.grad``;
+    * ``called_twice``: a module called twice backpropagates both calls,
+      newest first;
+    * ``no_grad``: ``no_grad()`` keeps no cache and backward then raises;
+    * ``dtype_and_device``: float32 stays float32, float64 stays float64, on
+      the input's device;
+    * ``backward_before_forward``: a clear error naming the module;
+    * ``state_dict``: a round trip gives the same eval output, by copy.
+
+    The upstream gradient is drawn too (random, non-uniform).  minires's
+    random streams are seeded with ``seed`` for each example (so a replayed
+    failure builds the same weights) and restored afterwards.  A failure
+    raises hypothesis's shrunk example and the failing check's message (for
+    the gradient checks, gradcheck's per-tensor report).
+    """
+    selected = dict(contract.CHECKS)
+    if checks is not None:
+        unknown = set(checks) - set(selected)
+        if unknown:
+            raise ValueError(f"check_module: unknown checks {sorted(unknown)}; "
+                             f"the checks are {list(contract.CHECKS)}")
+        selected = {k: v for k, v in selected.items() if k in checks}
+    for k in skip:
+        if k not in contract.CHECKS:
+            raise ValueError(f"check_module: cannot skip unknown check {k!r}; "
+                             f"the checks are {list(contract.CHECKS)}")
+        selected.pop(k, None)
+    gkw = dict(gradcheck_kwargs or {})
+
+    @example_settings(max_examples, settings)
+    @given(case=input_strategy, data=st.data())
+    def run(case, data):
+        kwargs, x = split_case(case, "check_module")
+        user_state = mr_random.get_rng_state()
+        try:
+            mr_random.manual_seed(seed)
+            with no_grad():
+                y = factory(**kwargs).to(device=backend.device_of(x), dtype=np.float64)(
+                    x.astype(np.float64))
+            up = data.draw(upstream_gradients(tuple(y.shape)), label="upstream")
+            up = backend.to_device(up, backend.device_of(x))
+            for name, check in selected.items():
+                mr_random.manual_seed(seed)
+                extra = gkw if name.startswith("gradients") else {}
+                try:
+                    check(factory, kwargs, x.astype(np.float64), up, **extra)
+                except AssertionError as e:
+                    raise AssertionError(f"check_module [{name}]: {e}") from None
+        finally:
+            mr_random.set_rng_state(user_state)
+
+    run()

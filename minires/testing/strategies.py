@@ -1,0 +1,176 @@
+"""Hypothesis strategies for testing layers: shapes, kink-free arrays, valid
+convolution and pooling configurations, and upstream gradients.
+
+A *case* is what ``check_module`` and ``check_against_torch`` draw: either an
+input array, or a pair ``(kwargs, x)`` whose ``kwargs`` build the module
+(``factory(**kwargs)``) that takes ``x``.  ``cases(conv_configs())`` turns a
+configuration strategy into such pairs.
+"""
+import numpy as np
+from hypothesis import assume, strategies as st
+from hypothesis.extra import numpy as hnp
+
+# Inputs lie on a grid of spacing SCALE / levels, offset by half a step: no value
+# is 0 (ReLU's kink) and no two are equal (max-pooling's tie), and each pair is
+# at least one step apart -- far more than gradcheck's eps of 1e-6, so a
+# central difference never crosses a kink.
+SCALE = 2.0
+
+
+def shapes(min_dims=1, max_dims=4, min_side=1, max_side=5):
+    """Array shapes: ``min_dims``..``max_dims`` axes of ``min_side``..``max_side``."""
+    return hnp.array_shapes(min_dims=min_dims, max_dims=max_dims, min_side=min_side,
+                            max_side=max_side)
+
+
+def _grid_elements(levels, dtype):
+    step = SCALE / levels
+    return st.integers(-levels, levels - 1).map(lambda i: dtype.type((i + 0.5) * step))
+
+
+def arrays(shape, dtype=np.float64, elements=None, margin=None, kinks=(0.0,)):
+    """Arrays whose values stay ``margin`` away from each of ``kinks`` and from
+    each other, so finite differences never straddle ReLU's kink at 0 or swap
+    the winner of a max-pool window.
+
+    By default values lie in (-2, 2) on a grid at least ``margin`` apart
+    (default: 2 / (4 * size + 8), at least 1e-3 for arrays up to ~500 values).
+    Pass ``elements`` (a hypothesis strategy of floats) to draw your own; draws
+    closer than ``margin`` to a kink or to each other are then rejected.
+    ``kinks`` names the non-differentiable points of your layer (LeakyReLU: 0;
+    a hard tanh: -1 and 1).  ``shape`` may be a tuple or a strategy of tuples.
+    """
+    dtype = np.dtype(dtype)
+    if not isinstance(shape, st.SearchStrategy):
+        shape = st.just(tuple(shape))
+
+    @st.composite
+    def draw_array(draw):
+        shp = draw(shape)
+        size = int(np.prod(shp))
+        levels = 2 * size + 4
+        gap = margin if margin is not None else SCALE / (2 * levels)
+        if elements is None:
+            # The grid's cells never hold a kink closer than half a step only if
+            # the kink sits on a cell boundary; other kinks are filtered below.
+            x = draw(hnp.arrays(dtype, shp, elements=_grid_elements(levels, dtype), unique=True))
+        else:
+            x = draw(hnp.arrays(dtype, shp, elements=elements))
+            flat = np.sort(x.ravel().astype(np.float64))
+            assume(np.all(np.isfinite(flat)))
+            assume(flat.size < 2 or np.diff(flat).min() >= gap)
+        for k in kinks:
+            assume(x.size == 0 or np.abs(x.astype(np.float64) - k).min() >= gap / 2)
+        return x
+
+    return draw_array()
+
+
+def upstream_gradients(shape, dtype=np.float64):
+    """Random, non-uniform upstream gradients dL/dy: standard normal values from
+    a drawn seed.  (An all-ones gradient proves nothing for batch norm, whose
+    dx then vanishes; so does one that hypothesis builds in step with the
+    input, such as both counting up the same grid: then dL/dy lies in the span
+    of (1, x_hat) and batch norm's dx cancels to rounding noise.  Independent
+    normal draws avoid both.)"""
+    return _normal_from_seed(tuple(shape), np.dtype(dtype))
+
+
+@st.composite
+def _normal_from_seed(draw, shape, dtype):
+    # composite, not .map: a failing example then shows the array, not a lambda
+    seed = draw(st.integers(0, 2**32 - 1))
+    return np.random.default_rng(seed).standard_normal(shape).astype(dtype)
+
+
+def _output_size(size, kernel, stride, padding, dilation, ceil_mode=False):
+    """torch's formula for conv and pool output sizes (pooling's ceil_mode
+    rule: the last window must start inside the input or its left padding)."""
+    span = size + 2 * padding - dilation * (kernel - 1) - 1
+    out = (-(-span // stride) if ceil_mode else span // stride) + 1
+    if ceil_mode and (out - 1) * stride >= size + padding:
+        out -= 1
+    return out
+
+
+@st.composite
+def conv_configs(draw, input_size=None, max_channels=4, max_kernel=3, max_batch=2,
+                 max_groups=2, max_dilation=2):
+    """``(kwargs, input_shape)`` for ``Conv2d(**kwargs)`` on an NCHW input of
+    ``input_shape``: only combinations torch accepts -- channels divisible by
+    groups, ``padding="same"`` with stride 1 only, and a dilated kernel that
+    fits the padded input.  ``input_size=(H, W)`` fixes the image size."""
+    groups = draw(st.integers(1, max_groups))
+    per_group = max(1, max_channels // groups)
+    cin = groups * draw(st.integers(1, per_group))
+    cout = groups * draw(st.integers(1, per_group))
+    kernel = (draw(st.integers(1, max_kernel)), draw(st.integers(1, max_kernel)))
+    dilation = (draw(st.integers(1, max_dilation)), draw(st.integers(1, max_dilation)))
+    padding = draw(st.one_of(st.integers(0, 2), st.tuples(st.integers(0, 2), st.integers(0, 2)),
+                             st.just("same"), st.just("valid")))
+    stride = 1 if padding == "same" else draw(st.one_of(
+        st.integers(1, 2), st.tuples(st.integers(1, 3), st.integers(1, 3))))
+    extent = [dilation[i] * (kernel[i] - 1) + 1 for i in range(2)]  # the dilated kernel
+    if padding == "same":
+        need = [1, 1]  # padded to keep the size: any image fits
+    else:
+        pads = (0, 0) if padding == "valid" else (
+            (padding, padding) if isinstance(padding, int) else padding)
+        need = [max(1, extent[i] - 2 * pads[i]) for i in range(2)]
+    if input_size is None:
+        hw = tuple(need[i] + draw(st.integers(0, 3)) for i in range(2))
+    else:
+        hw = tuple(input_size)
+        assume(all(hw[i] >= need[i] for i in range(2)))
+    kwargs = dict(in_channels=cin, out_channels=cout, kernel_size=kernel, stride=stride,
+                  padding=padding, dilation=dilation, groups=groups, bias=draw(st.booleans()))
+    return kwargs, (draw(st.integers(1, max_batch)), cin) + hw
+
+
+@st.composite
+def pool_configs(draw, kind="max", input_size=None, max_kernel=3, max_channels=3, max_batch=2):
+    """``(kwargs, input_shape)`` for ``MaxPool2d(**kwargs)`` (``kind="max"``,
+    with dilation) or ``AvgPool2d(**kwargs)`` (``kind="avg"``, with
+    ``count_include_pad``): padding at most half the kernel and at least one
+    output per axis, as torch requires."""
+    if kind not in ("max", "avg"):
+        raise ValueError(f"pool_configs: kind must be 'max' or 'avg', got {kind!r}")
+    k = (draw(st.integers(1, max_kernel)), draw(st.integers(1, max_kernel)))
+    s = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
+    p = (draw(st.integers(0, k[0] // 2)), draw(st.integers(0, k[1] // 2)))
+    d = (draw(st.integers(1, 2)), draw(st.integers(1, 2))) if kind == "max" else (1, 1)
+    ceil_mode = draw(st.booleans())
+    if input_size is None:
+        hw = tuple(max(1, d[i] * (k[i] - 1) + 1 - 2 * p[i]) + draw(st.integers(0, 4))
+                   for i in range(2))
+    else:
+        hw = tuple(input_size)
+    assume(all(_output_size(hw[i], k[i], s[i], p[i], d[i], ceil_mode) >= 1 for i in range(2)))
+    kwargs = dict(kernel_size=k, stride=s, padding=p, ceil_mode=ceil_mode)
+    if kind == "max":
+        kwargs["dilation"] = d
+        # A dilated window lying wholly in the padding has no input to take the
+        # max of (torch returns -inf); draw only windows that touch the input.
+        assume(all(_windows_touch_input(hw[i], k[i], s[i], p[i], d[i], ceil_mode)
+                   for i in range(2)))
+    else:
+        kwargs["count_include_pad"] = draw(st.booleans())
+    shape = (draw(st.integers(1, max_batch)), draw(st.integers(1, max_channels))) + hw
+    return kwargs, shape
+
+
+def _windows_touch_input(size, k, s, p, d, ceil_mode):
+    n = _output_size(size, k, s, p, d, ceil_mode)
+    for o in range(n):
+        taps = [o * s - p + j * d for j in range(k)]
+        if not any(0 <= t < size for t in taps):
+            return False
+    return True
+
+
+@st.composite
+def cases(draw, configs, dtype=np.float64, **array_kwargs):
+    """Turn a strategy of ``(kwargs, input_shape)`` into ``(kwargs, x)`` cases,
+    with ``x`` drawn by ``arrays`` (kink-free)."""
+    kwargs, shape = draw(configs)
+    return kwargs, draw(arrays(shape, dtype, **array_kwargs))
