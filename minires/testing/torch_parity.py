@@ -12,6 +12,11 @@ from .strategies import upstream_gradients
 # Relative tolerance per dtype, against the largest |value| of the reference
 # tensor: float32 rounding over a few hundred terms, float64 near exact.
 RTOL = {np.dtype(np.float32): 2e-5, np.dtype(np.float64): 1e-10}
+# In float32 minires may be this many times less accurate than torch's own
+# float32 result (both measured against torch in float64).  A result that
+# cancels to rounding noise -- batch norm's dx over two values per channel --
+# is then judged by the noise torch itself makes, not against its tiny size.
+TORCH_ERROR_FACTOR = 4.0
 
 
 def _build(m, kwargs):
@@ -21,58 +26,84 @@ def _build(m, kwargs):
     return m
 
 
-def assert_close(a, ref, rtol, what):
-    """|a - ref| <= rtol * (max|ref| + |ref|), element-wise, with the worst element named."""
+def assert_close(a, ref, rtol, what, torch_error=0.0):
+    """|a - ref| <= rtol * (max|ref| + |ref|) + torch_error, element-wise,
+    with the worst element named."""
     a, ref = np.asarray(a, np.float64), np.asarray(ref, np.float64)
     if a.shape != ref.shape:
         raise AssertionError(f"{what}: shape {a.shape}, torch's {ref.shape}")
     scale = float(np.max(np.abs(ref))) if ref.size else 0.0
     err = np.abs(a - ref)
-    bound = rtol * (scale + np.abs(ref))
+    bound = rtol * (scale + np.abs(ref)) + torch_error
     if not np.all(err <= bound):
         i = np.unravel_index(np.argmax(err - bound), err.shape)
+        extra = (f" + {TORCH_ERROR_FACTOR:g} x torch's own float32 error "
+                 f"{torch_error / TORCH_ERROR_FACTOR:.3g}" if torch_error else "")
         raise AssertionError(f"{what}: {int((~(err <= bound)).sum())}/{a.size} elements differ "
                              f"from torch; worst at {i}: {a[i]!r} vs {ref[i]!r} "
-                             f"(rtol {rtol:g} of max |torch| {scale:.3g})")
+                             f"(rtol {rtol:g} of max |torch| {scale:.3g}{extra})")
+
+
+def _torch_results(torch_module, state, x, upstream, dtype):
+    """{what: array} of torch's forward, dx, parameter gradients and floating
+    buffers, in ``dtype``, from minires's ``state`` (a state_dict)."""
+    import torch
+    tdtype = {np.dtype(np.float32): torch.float32, np.dtype(np.float64): torch.float64}[dtype]
+    torch_module.to(tdtype)
+    torch_module.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in state.items()},
+                                 strict=True)
+    torch_module.zero_grad(set_to_none=True)  # torch too accumulates over calls
+    tx = torch.from_numpy(np.array(x, dtype=dtype)).requires_grad_(True)
+    ty = torch_module(tx)
+    ty.backward(torch.from_numpy(np.array(upstream, dtype=dtype)))
+    out = {"output": ty.detach().numpy(), "dx": tx.grad.numpy()}
+    for k, p in torch_module.named_parameters():
+        out[f"grad of {k!r}"] = None if p.grad is None else p.grad.numpy()
+    for k, b in torch_module.named_buffers():
+        if b.dtype.is_floating_point:
+            out[f"buffer {k!r}"] = b.detach().numpy()
+    return out
 
 
 def compare_once(mr_module, torch_module, x, upstream, rtol=None):
     """One forward/backward of both on ``x`` (its dtype decides the precision)
-    after copying minires's state_dict into torch."""
-    import torch
+    after copying minires's state_dict into torch.  In float32 the reference
+    is torch in float64 on the same float32 values, and minires may err up to
+    ``TORCH_ERROR_FACTOR`` times torch's own float32 error beyond ``rtol``."""
+    import copy
     dtype = np.dtype(x.dtype)
-    tdtype = {np.dtype(np.float32): torch.float32, np.dtype(np.float64): torch.float64}[dtype]
     rtol = RTOL[dtype] if rtol is None else rtol
     mr_module.to(device=backend.device_of(x), dtype=dtype)
-    torch_module.to(tdtype)
-    sd = {k: torch.from_numpy(np.array(backend.to_numpy(v))) for k, v in
-          mr_module.state_dict().items()}
-    torch_module.load_state_dict(sd, strict=True)
+    state = {k: np.array(backend.to_numpy(v)) for k, v in mr_module.state_dict().items()}
+    x_host, up_host = np.array(backend.to_numpy(x)), np.array(backend.to_numpy(upstream), dtype)
+    twin64 = copy.deepcopy(torch_module) if dtype != np.float64 else None
+    theirs = _torch_results(torch_module, state, x_host, up_host, dtype)
     mr_module.train(torch_module.training)  # the same BatchNorm/Dropout behaviour
-    name = type(mr_module).__name__
     mr_module.zero_grad()
-    torch_module.zero_grad(set_to_none=True)  # torch too accumulates over calls
-    y = mr_module(x)
-    dx = mr_module.backward(upstream.astype(dtype))
-    tx = torch.from_numpy(np.array(backend.to_numpy(x))).requires_grad_(True)
-    ty = torch_module(tx)
-    ty.backward(torch.from_numpy(np.array(backend.to_numpy(upstream), dtype=dtype)))
-    where = f"{name} vs torch in {dtype}"
-    assert_close(backend.to_numpy(y), ty.detach().numpy(), rtol, f"{where}: output")
-    assert_close(backend.to_numpy(dx), tx.grad.numpy(), rtol, f"{where}: dx")
-    tparams = dict(torch_module.named_parameters())
+    ours = {"output": mr_module(x)}
+    ours["dx"] = mr_module.backward(upstream.astype(dtype))
     for k, p in mr_module.named_parameters():
-        tg = tparams[k].grad
-        if p.grad is None or tg is None:
-            assert p.grad is None and tg is None, (
-                f"{where}: parameter {k!r} has a gradient in only one of them "
-                f"(minires: {p.grad is not None}, torch: {tg is not None})")
-            continue
-        assert_close(backend.to_numpy(p.grad), tg.numpy(), rtol, f"{where}: grad of {k!r}")
+        ours[f"grad of {k!r}"] = p.grad
     for k, b in mr_module.named_buffers():
-        tb = dict(torch_module.named_buffers()).get(k)
-        if tb is not None and b is not None and tb.dtype.is_floating_point:
-            assert_close(backend.to_numpy(b), tb.numpy(), rtol, f"{where}: buffer {k!r}")
+        if b is not None and b.dtype.kind == "f":
+            ours[f"buffer {k!r}"] = b
+    exact = theirs if twin64 is None else _torch_results(twin64, state, x_host, up_host,
+                                                         np.dtype(np.float64))
+    where = f"{type(mr_module).__name__} vs torch in {dtype}"
+    for what, ref in exact.items():
+        if what not in ours and what.startswith("buffer"):
+            continue  # a torch buffer minires does not keep
+        mine = ours.get(what)
+        if mine is None or ref is None:
+            assert mine is None and ref is None, (
+                f"{where}: {what} exists in only one of them "
+                f"(minires: {mine is not None}, torch: {ref is not None})")
+            continue
+        torch_error = 0.0
+        if twin64 is not None:
+            torch_error = TORCH_ERROR_FACTOR * float(np.max(np.abs(
+                theirs[what].astype(np.float64) - ref), initial=0.0))
+        assert_close(backend.to_numpy(mine), ref, rtol, f"{where}: {what}", torch_error)
 
 
 def check_against_torch(mr_module, torch_module, input_strategy, *, dtypes=(np.float32, np.float64),
@@ -86,7 +117,9 @@ def check_against_torch(mr_module, torch_module, input_strategy, *, dtypes=(np.f
     cases(conv_configs()))`` works as written.  minires's weights are copied
     into torch (state_dict keys must match).  ``train=False`` compares in eval
     mode.  ``rtol`` defaults to 2e-5 in float32 and 1e-10 in float64, relative
-    to the largest |value| of torch's tensor.
+    to the largest |value| of torch's tensor; in float32 the reference is
+    torch in float64, and the bound also allows 4x torch's own float32 error
+    (see ``compare_once``).
     """
     @example_settings(max_examples, settings)
     @given(case=input_strategy, data=st.data())

@@ -7,8 +7,8 @@ from hypothesis import given, settings, strategies as st
 
 import minires
 from minires.nn import Conv2d
-from minires.nn.functional.conv import (col2im, conv2d_backward, conv2d_forward, conv_padding,
-                                        im2col)
+from minires.nn.functional.conv import col2im, conv2d_backward, conv2d_forward, im2col
+from minires.testing.strategies import conv_configs as kit_conv_configs
 from tests.helpers import (assert_close, copy_params_to_torch, random_upstream, rtol_for, to_np,
                            torch_tensor, numerical_grad)
 
@@ -66,21 +66,14 @@ def test_gradients_match_finite_differences_float64(n, cin, cout, k, s, p, d, g,
 
 @st.composite
 def conv_configs(draw):
-    groups = draw(st.integers(1, 3))
-    cin, cout = groups * draw(st.integers(1, 3)), groups * draw(st.integers(1, 3))
-    kh, kw = draw(st.integers(1, 4)), draw(st.integers(1, 4))
-    dilation = (draw(st.integers(1, 2)), draw(st.integers(1, 2)))
-    padding = draw(st.one_of(st.just("same"), st.just("valid"), st.integers(0, 2),
-                             st.tuples(st.integers(0, 2), st.integers(0, 2))))
-    stride = (1, 1) if padding == "same" else (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
-    pads = conv_padding(padding, (kh, kw), dilation)
-    # the smallest input the dilated kernel fits in, plus a little
-    h = max(1, dilation[0] * (kh - 1) + 1 - pads[0] - pads[1]) + draw(st.integers(0, 4))
-    w = max(1, dilation[1] * (kw - 1) + 1 - pads[2] - pads[3]) + draw(st.integers(0, 4))
-    batch = draw(st.integers(1, 3))
-    return dict(batch=batch, cin=cin, cout=cout, kernel=(kh, kw), stride=stride,
-                padding=padding, dilation=dilation, groups=groups, hw=(h, w),
-                bias=draw(st.booleans()))
+    """The public kit's configurations (minires.testing.conv_configs: only
+    combinations torch accepts), as the flat dict these tests index."""
+    kwargs, shape = draw(kit_conv_configs(max_channels=6, max_kernel=4, max_groups=3,
+                                          max_batch=3))
+    return dict(batch=shape[0], cin=kwargs["in_channels"], cout=kwargs["out_channels"],
+                kernel=kwargs["kernel_size"], stride=kwargs["stride"], padding=kwargs["padding"],
+                dilation=kwargs["dilation"], groups=kwargs["groups"], hw=shape[2:],
+                bias=kwargs["bias"])
 
 
 # torch warns that it copies the input for an even kernel with padding="same"
