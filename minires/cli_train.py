@@ -150,18 +150,22 @@ def run_train(args):
     err = device_error(cfg.device)
     if err:
         raise CommandError(err)
-    if cfg.init_from and not args.resume:
-        # read once now, into a throwaway model, so that a missing file, a missing
-        # extra or weights that do not fit the model are reported before any data
-        from .convert import load_pretrained
-        from .engine import build_model
-        load_pretrained(build_model(cfg.model), cfg.init_from)
+    rank = 0
     if args.distributed:
         from .distributed import DistributedError, import_mpi
         try:
-            import_mpi()
+            rank = import_mpi().COMM_WORLD.Get_rank()
         except DistributedError as e:
             raise CommandError(str(e))
+    if cfg.init_from and not args.resume and (rank == 0 or os.path.exists(cfg.init_from)):
+        # read once now, into a throwaway model, so that a missing file, a missing
+        # extra or weights that do not fit the model are reported before any data.
+        # Under MPI only rank 0 needs the file (the Trainer loads it there and
+        # broadcasts the weights): another rank checks it only where it sees it
+        # (one machine, a shared file system), so that a bad file stops all ranks.
+        from .convert import load_pretrained
+        from .engine import build_model
+        load_pretrained(build_model(cfg.model), cfg.init_from)
     callbacks = []
     if args.tensorboard is not None:  # no tensorboardX: an error before any download
         from .tensorboard import TensorBoardLogger

@@ -323,3 +323,18 @@ def test_importing_the_kit_without_hypothesis_is_a_clear_error(monkeypatch):
     importlib.reload(kit)  # importing the package itself needs nothing
     with pytest.raises(ImportError, match=r"needs hypothesis.*minires\[testing\]"):
         kit.check_module
+
+
+def test_randomize_batchnorm_moves_the_kink_off_an_evenly_spaced_batch():
+    """Three collinear rows: after Linear each BN channel sees an evenly spaced
+    batch, normalises its middle value to exactly 0, and at init (bias 0) the
+    ReLU sits on its kink there -- the case hypothesis found in the suite."""
+    x = np.array([[0.5, 1.5, -0.5, 2.5], [-1.5, 3.5, -2.5, 4.5], [-3.5, 5.5, -4.5, 6.5]]) / 14
+    collinear = st.just(x)
+    with pytest.raises(AssertionError, match=r"\[gradients_train\]"):
+        check_module(lambda: nn.ResBlockMLP(4), collinear, max_examples=1)
+    from minires.testing import randomize_batchnorm
+    check_module(lambda: randomize_batchnorm(nn.ResBlockMLP(4)), collinear, max_examples=1)
+    bn = randomize_batchnorm(nn.BatchNorm1d(5))
+    assert np.all((bn.weight.data >= 0.5) & (bn.weight.data < 1.5)) and np.ptp(bn.bias.data) > 0
+    assert bn.weight.data.dtype == np.float32

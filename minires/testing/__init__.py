@@ -10,7 +10,9 @@
   ``pool_configs``, ``cases``, ``upstream_gradients``;
 * ``check_module``: the whole module contract over hypothesis examples;
 * ``check_against_torch``: forward and gradients against a torch module;
-* ``CHECKS``: the single contract checks, by name, to call one at a time.
+* ``CHECKS``: the single contract checks, by name, to call one at a time;
+* ``randomize_batchnorm``: random BatchNorm affine parameters, so a block's
+  BN -> ReLU has no kink at an evenly spaced batch's mean.
 
 Importing ``minires.testing`` costs nothing: hypothesis (and torch, for
 ``check_against_torch``) is imported on first use of a name from here.
@@ -21,6 +23,7 @@ _NAMES = {
     "shapes": "strategies", "arrays": "strategies", "conv_configs": "strategies",
     "pool_configs": "strategies", "cases": "strategies", "upstream_gradients": "strategies",
     "check_module": "runner", "check_against_torch": "torch_parity", "CHECKS": "contract",
+    "randomize_batchnorm": "contract",
 }
 __all__ = sorted(_NAMES)
 

@@ -223,6 +223,31 @@ def check_state_dict(factory, kwargs, x, upstream):
         f"{name}: load_state_dict kept references to the source's arrays instead of copies")
 
 
+def randomize_batchnorm(module, low=0.5, high=1.5, shift=0.5):
+    """Give every BatchNorm in ``module`` random weights in [low, high) and
+    biases in [-shift, shift), as after training, and return the module.
+
+    At initialisation (weight 1, bias 0) a BatchNorm followed by a ReLU puts
+    the ReLU's kink at the batch mean: any batch whose values are spaced
+    evenly -- hypothesis's favourite inputs -- has an element exactly at the
+    mean, normalised to exactly 0, and finite differences there are wrong by
+    half the slope.  A random bias moves the kink off every such point.  The
+    draws come from minires's ``init`` stream, so they follow the seed."""
+    from ..nn.norm import _BatchNorm
+    from ..random import generator
+    rng = generator("init")
+    for m in module.modules():
+        if isinstance(m, _BatchNorm) and m.weight is not None:
+            n = m.weight.data.shape[0]
+            like = m.weight.data
+            m.weight.data = backend.to_device(rng.uniform(low, high, n), backend.device_of(
+                like)).astype(like.dtype)
+            if m.bias is not None:
+                m.bias.data = backend.to_device(rng.uniform(-shift, shift, n),
+                                                backend.device_of(like)).astype(like.dtype)
+    return module
+
+
 CHECKS = {
     "gradients_train": check_gradients_train,
     "gradients_eval": check_gradients_eval,

@@ -89,3 +89,30 @@ def test_mpiexec_train_distributed_end_to_end(tiny_archives, tmp_path, capsys):
     resumed, uninterrupted = (load_checkpoint(str(d / "last.ckpt"))["model"] for d in (out, full))
     for key, value in uninterrupted.items():
         np.testing.assert_array_equal(resumed[key], value, err_msg=key)
+
+
+def test_mpiexec_init_from_and_tensorboard_on_rank_0(tiny_archives, tmp_path):
+    """``--init-from`` and ``--tensorboard`` under mpiexec: the run starts from
+    the file (read by rank 0, which says so once), and rank 0 alone writes an
+    event file, holding the epoch's metrics.jsonl numbers."""
+    common.skip_without_mpi()
+    pytest.importorskip("safetensors")
+    event_accumulator = pytest.importorskip(
+        "tensorboard.backend.event_processing.event_accumulator")
+    from minires.convert import save_safetensors
+    from tests.trained_model_helpers import random_resnet20
+    weights = str(tmp_path / "init.safetensors")
+    save_safetensors(random_resnet20(seed=2), weights)
+    out = tmp_path / "run"
+    res = _train(tiny_archives, out, tmp_path / "cache", "--epochs", "1",
+                 "--init-from", weights, "--tensorboard")
+    assert res.returncode == 0, res.stdout[-4000:]
+    assert res.stdout.count(f"initial weights from {weights}") == 1, res.stdout
+    events = [f for f in os.listdir(out) if f.startswith("events.out.tfevents")]
+    assert len(events) == 1, events  # one writer: rank 0
+    row = json.loads(open(out / "metrics.jsonl").readline())
+    acc = event_accumulator.EventAccumulator(str(out))
+    acc.Reload()
+    [test_acc] = acc.Scalars("epoch/test_acc")
+    assert (test_acc.step, test_acc.value) == (row["step"], pytest.approx(row["test_acc"]))
+    assert json.load(open(out / "config.json"))["init_from"] == weights
