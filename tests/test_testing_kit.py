@@ -338,3 +338,27 @@ def test_randomize_batchnorm_moves_the_kink_off_an_evenly_spaced_batch():
     bn = randomize_batchnorm(nn.BatchNorm1d(5))
     assert np.all((bn.weight.data >= 0.5) & (bn.weight.data < 1.5)) and np.ptp(bn.bias.data) > 0
     assert bn.weight.data.dtype == np.float32
+
+
+@settings(max_examples=20, deadline=None)
+@given(x=arrays((4,), elements=st.floats(-1, 1), margin=0.05))
+def test_arrays_with_your_own_elements_keep_the_margin(x):
+    v = np.sort(x)
+    assert np.diff(v).min() >= 0.05 and np.abs(v).min() >= 0.025
+
+
+@settings(max_examples=20, deadline=None)
+@given(s=shapes(min_dims=2, max_dims=3, min_side=2, max_side=4))
+def test_shapes_stay_in_their_bounds(s):
+    assert 2 <= len(s) <= 3 and all(2 <= n <= 4 for n in s)
+
+
+@settings(max_examples=20, deadline=None)
+@given(x=arrays((3, 3), margin=0.3))
+def test_a_wider_margin_widens_the_grid(x):
+    assert np.diff(np.sort(x.ravel())).min() >= 0.3 - 1e-12 and np.abs(x).min() >= 0.15 - 1e-12
+
+
+def test_a_margin_too_wide_for_the_range_is_a_clear_error():
+    with pytest.raises(ValueError, match="100 values cannot lie 0.5 apart"):
+        arrays((100,), margin=0.5).example()

@@ -36,7 +36,8 @@ def arrays(shape, dtype=np.float64, elements=None, margin=None, kinks=(0.0,)):
     By default values lie in (-2, 2) on a grid at least ``margin`` apart
     (default: 2 / (4 * size + 8), at least 1e-3 for arrays up to ~500 values).
     Pass ``elements`` (a hypothesis strategy of floats) to draw your own; draws
-    closer than ``margin`` to a kink or to each other are then rejected.
+    closer than ``margin`` to each other (or half of it to a kink) are then
+    rejected, one element at a time.
     ``kinks`` names the non-differentiable points of your layer (LeakyReLU: 0;
     a hard tanh: -1 and 1).  ``shape`` may be a tuple or a strategy of tuples.
     """
@@ -48,19 +49,32 @@ def arrays(shape, dtype=np.float64, elements=None, margin=None, kinks=(0.0,)):
     def draw_array(draw):
         shp = draw(shape)
         size = int(np.prod(shp))
-        levels = 2 * size + 4
-        gap = margin if margin is not None else SCALE / (2 * levels)
-        if elements is None:
-            # The grid's cells never hold a kink closer than half a step only if
-            # the kink sits on a cell boundary; other kinks are filtered below.
-            x = draw(hnp.arrays(dtype, shp, elements=_grid_elements(levels, dtype), unique=True))
+        levels = 2 * size + 4  # 2 * levels grid points: room for size distinct values
+        if margin is None:
+            gap = SCALE / (2 * levels)  # half a grid step
         else:
-            x = draw(hnp.arrays(dtype, shp, elements=elements))
-            flat = np.sort(x.ravel().astype(np.float64))
-            assume(np.all(np.isfinite(flat)))
-            assume(flat.size < 2 or np.diff(flat).min() >= gap)
-        for k in kinks:
-            assume(x.size == 0 or np.abs(x.astype(np.float64) - k).min() >= gap / 2)
+            gap = margin
+            levels = min(levels, int(SCALE / margin))  # a grid step of at least margin
+            if elements is None and 2 * levels < size:
+                raise ValueError(f"arrays: {size} values cannot lie {margin:g} apart in "
+                                 f"(-{SCALE:g}, {SCALE:g}); pass a smaller margin, or "
+                                 "elements= with a wider range")
+        if elements is None:
+            # Grid points sit half a step off the multiples of the step, so 0
+            # (and +-1, the step dividing 1) is half a step away from every value.
+            x = draw(hnp.arrays(dtype, shp, elements=_grid_elements(levels, dtype), unique=True))
+            for k in kinks:  # other kinks may fall anywhere: reject the rare close draw
+                assume(x.size == 0 or np.abs(x.astype(np.float64) - k).min() >= gap / 2)
+        else:
+            # One element at a time, each filtered against those drawn before:
+            # rejecting whole arrays would discard nearly every draw.
+            values = []
+            for _ in range(size):
+                ok = (lambda v, before=tuple(values): np.isfinite(v)
+                      and all(abs(float(v) - u) >= gap for u in before)
+                      and all(abs(float(v) - k) >= gap / 2 for k in kinks))
+                values.append(float(draw(elements.map(dtype.type).filter(ok))))
+            x = np.array(values, dtype=dtype).reshape(shp)
         return x
 
     return draw_array()
