@@ -302,7 +302,7 @@ def test_pool_configs_are_accepted_by_torch_with_finite_output(cfg):
 
 def test_pool_configs_rejects_an_unknown_kind():
     with pytest.raises(ValueError, match="kind must be 'max' or 'avg'"):
-        pool_configs("min").example()
+        pool_configs("min")
 
 
 def test_importing_the_kit_without_hypothesis_is_a_clear_error(monkeypatch):
@@ -361,4 +361,4 @@ def test_a_wider_margin_widens_the_grid(x):
 
 def test_a_margin_too_wide_for_the_range_is_a_clear_error():
     with pytest.raises(ValueError, match="100 values cannot lie 0.5 apart"):
-        arrays((100,), margin=0.5).example()
+        arrays((100,), margin=0.5)

@@ -43,6 +43,7 @@ def arrays(shape, dtype=np.float64, elements=None, margin=None, kinks=(0.0,)):
     """
     dtype = np.dtype(dtype)
     if not isinstance(shape, st.SearchStrategy):
+        _check_room(int(np.prod(shape)), margin, elements)  # now, not at the first draw
         shape = st.just(tuple(shape))
 
     @st.composite
@@ -55,10 +56,7 @@ def arrays(shape, dtype=np.float64, elements=None, margin=None, kinks=(0.0,)):
         else:
             gap = margin
             levels = min(levels, int(SCALE / margin))  # a grid step of at least margin
-            if elements is None and 2 * levels < size:
-                raise ValueError(f"arrays: {size} values cannot lie {margin:g} apart in "
-                                 f"(-{SCALE:g}, {SCALE:g}); pass a smaller margin, or "
-                                 "elements= with a wider range")
+            _check_room(size, margin, elements)
         if elements is None:
             # Grid points sit half a step off the multiples of the step, so 0
             # (and +-1, the step dividing 1) is half a step away from every value.
@@ -78,6 +76,13 @@ def arrays(shape, dtype=np.float64, elements=None, margin=None, kinks=(0.0,)):
         return x
 
     return draw_array()
+
+
+def _check_room(size, margin, elements):
+    if margin is not None and elements is None and 2 * int(SCALE / margin) < size:
+        raise ValueError(f"arrays: {size} values cannot lie {margin:g} apart in "
+                         f"(-{SCALE:g}, {SCALE:g}); pass a smaller margin, or "
+                         "elements= with a wider range")
 
 
 def upstream_gradients(shape, dtype=np.float64):
@@ -141,14 +146,18 @@ def conv_configs(draw, input_size=None, max_channels=4, max_kernel=3, max_batch=
     return kwargs, (draw(st.integers(1, max_batch)), cin) + hw
 
 
-@st.composite
-def pool_configs(draw, kind="max", input_size=None, max_kernel=3, max_channels=3, max_batch=2):
+def pool_configs(kind="max", input_size=None, max_kernel=3, max_channels=3, max_batch=2):
     """``(kwargs, input_shape)`` for ``MaxPool2d(**kwargs)`` (``kind="max"``,
     with dilation) or ``AvgPool2d(**kwargs)`` (``kind="avg"``, with
     ``count_include_pad``): padding at most half the kernel and at least one
     output per axis, as torch requires."""
     if kind not in ("max", "avg"):
         raise ValueError(f"pool_configs: kind must be 'max' or 'avg', got {kind!r}")
+    return _pool_configs(kind, input_size, max_kernel, max_channels, max_batch)
+
+
+@st.composite
+def _pool_configs(draw, kind, input_size, max_kernel, max_channels, max_batch):
     k = (draw(st.integers(1, max_kernel)), draw(st.integers(1, max_kernel)))
     s = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
     p = (draw(st.integers(0, k[0] // 2)), draw(st.integers(0, k[1] // 2)))
