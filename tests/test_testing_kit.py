@@ -362,3 +362,17 @@ def test_a_wider_margin_widens_the_grid(x):
 def test_a_margin_too_wide_for_the_range_is_a_clear_error():
     with pytest.raises(ValueError, match="100 values cannot lie 0.5 apart"):
         arrays((100,), margin=0.5)
+
+
+def test_each_layers_failures_are_saved_under_their_own_key():
+    """hypothesis saves a failing example to replay it next time; two layers
+    checked with the same strategy must not share (and swap) them."""
+    from hypothesis.database import InMemoryExampleDatabase
+    db = InMemoryExampleDatabase()
+    kept = dict(settings=settings(max_examples=4, deadline=None, database=db,
+                                  phases=[Phase.reuse, Phase.generate, Phase.shrink]))
+    for broken in (WrongDx, AssignsGrad):
+        with pytest.raises(AssertionError):
+            check_module(broken, VECTORS, **kept)
+    assert len([k for k in db.data if not k.endswith(b".secondary")
+                and not k.endswith(b".pareto")]) >= 2

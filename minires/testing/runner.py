@@ -24,6 +24,23 @@ def split_case(case, where):
     return kwargs, x
 
 
+def database_key(kind, factory, strategy):
+    """A hypothesis example-database key per (checker, factory, strategy).
+
+    Every check_module call runs the same inner function, so hypothesis's
+    default key (a digest of that function's source) would be one key for
+    all of them: a failing example saved for one layer would be replayed
+    against the next.  The factory's source (or name) and the strategy's
+    repr tell the calls apart."""
+    import hashlib
+    import inspect
+    try:
+        who = inspect.getsource(factory)
+    except (OSError, TypeError):
+        who = getattr(factory, "__qualname__", type(factory).__name__)
+    return hashlib.sha384(f"minires.testing.{kind}|{who}|{strategy!r}".encode()).digest()
+
+
 def example_settings(max_examples, settings):
     if settings is not None:
         return settings
@@ -103,4 +120,6 @@ def check_module(factory, input_strategy, *, checks=None, skip=(), max_examples=
         finally:
             mr_random.set_rng_state(user_state)
 
+    run._hypothesis_internal_database_key = database_key("check_module", factory,
+                                                         input_strategy)
     run()

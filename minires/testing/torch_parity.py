@@ -6,7 +6,7 @@ from hypothesis import given, strategies as st
 from .. import backend
 from .. import random as mr_random
 from ..grad_mode import no_grad
-from .runner import example_settings, split_case, DEFAULT_EXAMPLES
+from .runner import DEFAULT_EXAMPLES, database_key, example_settings, split_case
 from .strategies import upstream_gradients
 
 # Relative tolerance per dtype, against the largest |value| of the reference
@@ -136,4 +136,6 @@ def check_against_torch(mr_module, torch_module, input_strategy, *, dtypes=(np.f
         finally:
             mr_random.set_rng_state(user_state)
 
+    run._hypothesis_internal_database_key = database_key(
+        "check_against_torch", mr_module, input_strategy)
     run()
