@@ -60,7 +60,6 @@ def check_grads_accumulate(factory, kwargs, x, upstream):
     m = _fresh(factory, kwargs, like=x)
     state = mr_random.get_rng_state()  # dropout draws the same mask both times
     _, _, once = _run(m, x, upstream)
-    mr_random.set_rng_state(state)
     m.zero_grad()
     for _ in range(2):
         mr_random.set_rng_state(state)
@@ -207,7 +206,8 @@ def check_state_dict(factory, kwargs, x, upstream):
     dst.load_state_dict(sd)
     name = _name(src)
     assert list(dst.state_dict()) == list(sd), f"{name}: state_dict keys differ after loading"
-    src.eval(), dst.eval()
+    src.eval()
+    dst.eval()
     with no_grad():
         y_src, y_dst = src(x), dst(x)
     assert np.array_equal(backend.to_numpy(y_src), backend.to_numpy(y_dst)), (

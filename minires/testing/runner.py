@@ -53,6 +53,32 @@ def example_settings(max_examples, settings):
                      suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
 
 
+def for_each_case(kind, owner, input_strategy, body, max_examples, settings, seed):
+    """Run ``body(kwargs, x, draw_upstream)`` on hypothesis examples of
+    ``input_strategy``, minires's random streams seeded with ``seed`` for
+    each example and the user's state restored afterwards.
+    ``draw_upstream(shape)`` draws a random upstream gradient on x's device
+    (drawn through hypothesis, so a failure shows it and shrinks it)."""
+    @example_settings(max_examples, settings)
+    @given(case=input_strategy, data=st.data())
+    def run(case, data):
+        kwargs, x = split_case(case, kind)
+
+        def draw_upstream(shape):
+            up = data.draw(upstream_gradients(tuple(shape)), label="upstream")
+            return backend.to_device(up, backend.device_of(x))
+
+        user_state = mr_random.get_rng_state()
+        try:
+            mr_random.manual_seed(seed)
+            body(kwargs, x, draw_upstream)
+        finally:
+            mr_random.set_rng_state(user_state)
+
+    run._hypothesis_internal_database_key = database_key(kind, owner, input_strategy)
+    run()
+
+
 def check_module(factory, input_strategy, *, checks=None, skip=(), max_examples=DEFAULT_EXAMPLES,
                  gradcheck_kwargs=None, settings=None, seed=0):
     """Check that the modules ``factory`` builds keep the whole module contract.
@@ -98,28 +124,18 @@ def check_module(factory, input_strategy, *, checks=None, skip=(), max_examples=
         selected.pop(k, None)
     gkw = dict(gradcheck_kwargs or {})
 
-    @example_settings(max_examples, settings)
-    @given(case=input_strategy, data=st.data())
-    def run(case, data):
-        kwargs, x = split_case(case, "check_module")
-        user_state = mr_random.get_rng_state()
-        try:
+    def one_case(kwargs, x, draw_upstream):
+        x = x.astype(np.float64)
+        with no_grad():
+            y = factory(**kwargs).to(device=backend.device_of(x), dtype=np.float64)(x)
+        up = draw_upstream(y.shape)
+        for name, check in selected.items():
             mr_random.manual_seed(seed)
-            with no_grad():
-                y = factory(**kwargs).to(device=backend.device_of(x), dtype=np.float64)(
-                    x.astype(np.float64))
-            up = data.draw(upstream_gradients(tuple(y.shape)), label="upstream")
-            up = backend.to_device(up, backend.device_of(x))
-            for name, check in selected.items():
-                mr_random.manual_seed(seed)
-                extra = gkw if name.startswith("gradients") else {}
-                try:
-                    check(factory, kwargs, x.astype(np.float64), up, **extra)
-                except AssertionError as e:
-                    raise AssertionError(f"check_module [{name}]: {e}") from None
-        finally:
-            mr_random.set_rng_state(user_state)
+            extra = gkw if name.startswith("gradients") else {}
+            try:
+                check(factory, kwargs, x, up, **extra)
+            except AssertionError as e:
+                raise AssertionError(f"check_module [{name}]: {e}") from None
 
-    run._hypothesis_internal_database_key = database_key("check_module", factory,
-                                                         input_strategy)
-    run()
+    for_each_case("check_module", factory, input_strategy, one_case, max_examples, settings,
+                  seed)

@@ -1,13 +1,10 @@
 """``check_against_torch``: forward and every gradient equal torch's, once the
 weights are copied.  torch is imported only when this is called."""
 import numpy as np
-from hypothesis import given, strategies as st
 
 from .. import backend
-from .. import random as mr_random
 from ..grad_mode import no_grad
-from .runner import DEFAULT_EXAMPLES, database_key, example_settings, split_case
-from .strategies import upstream_gradients
+from .runner import DEFAULT_EXAMPLES, for_each_case
 
 # Relative tolerance per dtype, against the largest |value| of the reference
 # tensor: float32 rounding over a few hundred terms, float64 near exact.
@@ -115,27 +112,15 @@ def check_against_torch(mr_module, torch_module, input_strategy, *, dtypes=(np.f
     torch in float64 and 1e-5 is allowed besides (torch.testing's float32
     atol; see ``ATOL32``).
     """
-    @example_settings(max_examples, settings)
-    @given(case=input_strategy, data=st.data())
-    def run(case, data):
-        kwargs, x = split_case(case, "check_against_torch")
-        user_state = mr_random.get_rng_state()
-        try:
-            mr_random.manual_seed(seed)
-            m, t = _build(mr_module, kwargs), _build(torch_module, kwargs)
-            m.train(train), t.train(train)
-            up = None
-            for dtype in dtypes:
-                xd = x.astype(dtype)
-                if up is None:
-                    with no_grad():
-                        shape = tuple(m.to(dtype=np.dtype(dtype))(xd).shape)
-                    up = data.draw(upstream_gradients(shape), label="upstream")
-                    up = backend.to_device(up, backend.device_of(x))
-                compare_once(m, t, xd, up, rtol)
-        finally:
-            mr_random.set_rng_state(user_state)
+    def one_case(kwargs, x, draw_upstream):
+        m, t = _build(mr_module, kwargs), _build(torch_module, kwargs)
+        m.train(train)
+        t.train(train)
+        with no_grad():
+            shape = m.to(dtype=np.dtype(dtypes[0]))(x.astype(dtypes[0])).shape
+        up = draw_upstream(shape)
+        for dtype in dtypes:
+            compare_once(m, t, x.astype(dtype), up, rtol)
 
-    run._hypothesis_internal_database_key = database_key(
-        "check_against_torch", mr_module, input_strategy)
-    run()
+    for_each_case("check_against_torch", mr_module, input_strategy, one_case, max_examples,
+                  settings, seed)
