@@ -10,6 +10,7 @@ names, the normalisation mean and std, and the minires version.
 """
 import os
 
+from .cmdline import add_ema_argument
 from .errors import CommandError
 
 
@@ -17,6 +18,8 @@ def configure_export(p):
     p.add_argument("--checkpoint", required=True, help="a checkpoint written by `minires train`")
     p.add_argument("--out", help="the .safetensors file to write (default: the checkpoint's "
                                  "path with .safetensors for its extension)")
+    add_ema_argument(p)
+
 
 
 def export_metadata(info):
@@ -26,13 +29,14 @@ def export_metadata(info):
     return {"format": "pt",  # torch's layout and names (what HF loaders look for)
             "architecture": info["architecture"], "num_classes": str(info["num_classes"]),
             "classes": info["classes"], "mean": info["mean"], "std": info["std"],
+            "weights": info.get("weights", "live"), "tta": info.get("tta", "none"),
             "minires_version": minires.__version__}
 
 
 def run_export(args):
     from .checkpoint import load_checkpoint
     from .convert import _safetensors_numpy, save_safetensors
-    from .inference import checkpoint_info
+    from .inference import checkpoint_info, checkpoint_weights
     out = args.out or os.path.splitext(args.checkpoint)[0] + ".safetensors"
     if not out.lower().endswith(".safetensors"):
         # load_pretrained and predict pick the format by the extension
@@ -42,10 +46,11 @@ def run_export(args):
     _safetensors_numpy()  # a missing extra is reported before the checkpoint is read
     state = load_checkpoint(args.checkpoint)
     info = checkpoint_info(state)
-    sd = state["model"]
+    sd, info["weights"] = checkpoint_weights(state, args.checkpoint, args.ema)
     save_safetensors(sd, out, metadata=export_metadata(info))
     n_params = sum(int(v.size) for k, v in sd.items()
                    if not k.endswith(("running_mean", "running_var", "num_batches_tracked")))
-    print(f"wrote {out}: {info['architecture']}, {len(sd)} tensors, {n_params:,} parameters, "
+    which = " (the EMA's weights)" if info["weights"] == "ema" else ""
+    print(f"wrote {out}: {info['architecture']}{which}, {len(sd)} tensors, {n_params:,} parameters, "
           f"{os.path.getsize(out) / 1e6:.2f} MB")
     return 0

@@ -8,7 +8,7 @@ model runs, so a bad file among many is reported at once, by name.
 """
 import json
 
-from .cmdline import device_error
+from .cmdline import add_eval_view_arguments, device_error
 from .errors import CommandError
 
 
@@ -21,6 +21,7 @@ def configure_predict(p):
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--batch-size", type=int, default=256)
     p.add_argument("--json", action="store_true", help="print one JSON object")
+    add_eval_view_arguments(p)
 
 
 def run_predict(args):
@@ -34,9 +35,9 @@ def run_predict(args):
     if err:
         raise CommandError(err)
     _pillow()  # a missing jpeg extra is reported before the model is loaded
-    model, info = load_trained(args.checkpoint, args.device)
+    model, info = load_trained(args.checkpoint, args.device, ema=args.ema)
     x = prepare_images(args.images, info, dtype=model.parameters()[0].data.dtype)
-    probs = predict_proba(model, x, args.batch_size, args.device)
+    probs = predict_proba(model, x, args.batch_size, args.device, tta=args.tta or info["tta"])
     k = min(args.top_k, info["num_classes"])
     rows = top_k(probs, k, info["classes"])
     if args.json:

@@ -8,7 +8,7 @@ import os
 import sys
 import time
 
-from .cmdline import device_error
+from .cmdline import add_eval_view_arguments, device_error
 from .errors import CommandError
 from .fileio import atomic_write_bytes
 from .recipes import RECIPES
@@ -18,12 +18,14 @@ from .recipes import RECIPES
 # change from one session of a run to the next.
 RESUME_CHECKED = ("model", "data", "epochs", "batch_size", "lr", "schedule", "momentum",
                   "nesterov", "weight_decay", "label_smoothing", "warmup_epochs", "seed",
-                  "time_budget", "max_steps", "train_subset")
+                  "time_budget", "max_steps", "train_subset", "pct_start", "anneal", "ema",
+                  "tta", "eval_every", "no_decay_bn_bias", "early_crop", "early_fraction")
 
 
 def configure_train(p):
     p.add_argument("--recipe", choices=sorted(RECIPES), default=None,
-                   help="named preset; other flags override it (default: fast)")
+                   help="named preset; other flags override it (default: budget with "
+                        "--time-budget, else fast)")
     p.add_argument("--model", help="resnet20 (default), resnet32/44/56/110, plain20..., resnet18...")
     p.add_argument("--data", help="CIFAR-10 folder or archive folder (default: $MINIRES_DATA, "
                                   "else ~/.cache/minires/data)")
@@ -38,6 +40,26 @@ def configure_train(p):
     p.add_argument("--weight-decay", type=float)
     p.add_argument("--label-smoothing", type=float)
     p.add_argument("--warmup-epochs", type=float)
+    p.add_argument("--pct-start", type=float, help="one-cycle: the fraction of steps warming up")
+    p.add_argument("--anneal", choices=["cos", "linear"], help="one-cycle: how the lr anneals")
+    p.add_argument("--wd-bn-bias", action=__import__("argparse").BooleanOptionalAction,
+                   default=None, help="weight decay on batch-norm and bias parameters too "
+                                      "(the budget recipe: --no-wd-bn-bias)")
+    p.add_argument("--ema", type=float, metavar="DECAY",
+                   help="evaluate and save an exponential moving average of the weights "
+                        "(e.g. 0.99; 0: none)")
+    p.add_argument("--tta", choices=["none", "flip"],
+                   help="test-time augmentation of every evaluation: flip averages the logits "
+                        "of each image and its mirror")
+    p.add_argument("--early-crop", type=int, metavar="PIXELS",
+                   help="progressive resizing: train the first epochs on random PIXELSxPIXELS "
+                        "windows of the images (cheaper steps; 0: off)")
+    p.add_argument("--early-fraction", type=float, metavar="F",
+                   help="with --early-crop: the fraction of the planned epochs on the windows "
+                        "(default 0.5)")
+    p.add_argument("--eval-every", type=int, metavar="N",
+                   help="evaluate on the test set every N epochs (0: only at the end; the "
+                        "last epoch always is)")
     p.add_argument("--out", help="run folder (default runs/<model>)")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--seed", type=int, default=None, help="random seed (default 0)")
@@ -134,6 +156,10 @@ def run_train(args):
                 lr=args.lr, schedule=args.schedule, momentum=args.momentum,
                 nesterov=args.nesterov, weight_decay=args.weight_decay,
                 label_smoothing=args.label_smoothing, warmup_epochs=args.warmup_epochs,
+                pct_start=args.pct_start, anneal=args.anneal, ema=args.ema, tta=args.tta,
+                eval_every=args.eval_every, early_crop=args.early_crop,
+                early_fraction=args.early_fraction,
+                no_decay_bn_bias=None if args.wd_bn_bias is None else not args.wd_bn_bias,
                 device=args.device, seed=args.seed, time_budget=args.time_budget,
                 max_steps=args.max_steps, train_subset=args.train_subset,
                 progress=not args.no_progress, distributed=args.distributed,
@@ -141,7 +167,8 @@ def run_train(args):
     if args.resume:
         cfg = _resumed_config(args, over)
     else:
-        cfg = TrainConfig.from_recipe(args.recipe or "fast", **over, init_from=args.init_from)
+        recipe = args.recipe or ("budget" if args.time_budget is not None else "fast")
+        cfg = TrainConfig.from_recipe(recipe, **over, init_from=args.init_from)
         cfg.out = args.out or f"runs/{cfg.model}"
         if os.path.exists(os.path.join(cfg.out, "last.ckpt")):
             raise CommandError(f"--out {cfg.out} already holds a run (last.ckpt): continue it "
@@ -173,7 +200,9 @@ def run_train(args):
     if args.download:
         from .data import download_cifar10, resolve_data_root
         download_cifar10(resolve_data_root(cfg.data))
-    trainer = Trainer(cfg, callbacks=callbacks)  # with --distributed, one MPIRanks worker per rank
+    from .budget import process_start
+    # with --distributed, one MPIRanks worker per rank; a budget counts from the process's start
+    trainer = Trainer(cfg, callbacks=callbacks, started_at=process_start())
     try:
         hist = trainer.run(resume=args.resume)
     except NonFiniteLoss as e:
@@ -182,8 +211,10 @@ def run_train(args):
         return 1
     if hist and trainer.is_main:
         last = hist[-1]
+        views = [w for w, on in (("EMA weights", cfg.ema), ("flip TTA", cfg.tta == "flip")) if on]
+        how = f" ({', '.join(views)})" if views else ""
         print(f"done: {cfg.model}, {last['epoch']} epochs, {last['step']} steps, test accuracy "
-              f"{100 * last['test_acc']:.2f}%  (run folder {cfg.out})")
+              f"{100 * last['test_acc']:.2f}%{how}  (run folder {cfg.out})")
     return 0
 
 
@@ -197,6 +228,7 @@ def configure_eval(p):
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--plot", metavar="PNG", help="also draw the confusion matrix into PNG "
                                                  "(needs the plot extra)")
+    add_eval_view_arguments(p)
 
 
 def run_eval(args):
@@ -213,17 +245,19 @@ def run_eval(args):
     if args.plot:
         from .plot import require_matplotlib
         require_matplotlib()  # a missing extra is reported before any data is read
-    model, info = load_trained(args.checkpoint, args.device)
+    model, info = load_trained(args.checkpoint, args.device, ema=args.ema)
+    tta = args.tta or info["tta"]
     images, labels, classes = load_cifar10(args.data or info.get("data"), split=args.split)
     if len(classes) != info["num_classes"]:
         classes = info["classes"]
     preds = np.empty(len(labels), dtype=np.int64)
     loss, acc = evaluate(model, images, labels, args.batch_size, args.device, info["dtype"],
-                         predictions=preds)
+                         predictions=preds, tta=tta)
     cm = confusion_matrix(labels, preds, info["num_classes"])
     name, epoch = info["architecture"], info.get("epoch")
     res = {"checkpoint": args.checkpoint, "model": name, "split": args.split,
            "n": int(len(labels)), "loss": loss, "accuracy": acc, "epoch": epoch,
+           "weights": info["weights"], "tta": tta,
            "classes": list(classes), "per_class": per_class(cm, classes),
            "confusion_matrix": cm.tolist()}
     if args.plot:
@@ -234,6 +268,8 @@ def run_eval(args):
         print(json.dumps(res))
     else:
         at = f", epoch {epoch}" if epoch is not None else ""
+        at += (", EMA weights" if info["weights"] == "ema" else "") + \
+            (", flip TTA" if tta == "flip" else "")
         print(f"{name} ({args.checkpoint}{at}): {args.split} "
               f"accuracy {100 * acc:.2f}%  loss {loss:.4f}  on {len(labels)} images\n")
         print(format_report(cm, classes))

@@ -17,6 +17,22 @@ def add_threads_argument(p):
                         f"core this process may use: {parallel.available_cores()} here)")
 
 
+def add_ema_argument(p):
+    """--ema/--no-ema of eval, predict and export: which weights of a checkpoint."""
+    import argparse
+    p.add_argument("--ema", action=argparse.BooleanOptionalAction, default=None,
+                   help="use the checkpoint's EMA weights (default: them when the run kept an "
+                        "average with `train --ema`, else the model's); --no-ema: the model's")
+
+
+def add_eval_view_arguments(p):
+    """--ema/--no-ema and --tta of eval and predict."""
+    add_ema_argument(p)
+    p.add_argument("--tta", choices=["none", "flip"],
+                   help="test-time augmentation: flip averages the logits of each image and "
+                        "its mirror (default: what the run evaluated with)")
+
+
 def add_debug_argument(p):
     p.add_argument("--debug", action="store_true",
                    help="show the full traceback of an error (also: MINIRES_DEBUG=1)")

@@ -27,6 +27,12 @@ class TrainConfig:
     no_decay_bn_bias: bool = False      # no weight decay on BN and bias parameters
     label_smoothing: float = 0.1
     augment: bool = True
+    anneal: str = "cos"                 # one-cycle's annealing: cos | linear
+    ema: float = 0.0                    # decay of an EMA of the weights (0: none); evaluated, saved
+    tta: str = "none"                   # evaluation: none | flip (mean of the image's and its mirror's logits)
+    eval_every: int = 1                 # evaluate every N epochs (0: only at the end); always at the end
+    early_crop: int = 0                 # progressive resizing: the first epochs on random NxN windows
+    early_fraction: float = 0.5         # ... for this fraction of the planned epochs
     seed: int = 0
     device: str = "cpu"
     dtype: str = "float32"
@@ -76,6 +82,20 @@ class TrainConfig:
             raise bad("label_smoothing", "in [0, 1)")
         if not finite(self.warmup_epochs) or self.warmup_epochs < 0:
             raise bad("warmup_epochs", ">= 0")
+        if isinstance(self.ema, bool) or not finite(self.ema) or not 0 <= self.ema < 1:
+            raise bad("ema", "0 (off) or a decay in (0, 1) such as 0.99")
+        if self.tta not in TTA_MODES:
+            raise bad("tta", f"one of {', '.join(TTA_MODES)}")
+        if self.anneal not in ANNEALS:
+            raise bad("anneal", f"one of {', '.join(ANNEALS)}")
+        if not isinstance(self.eval_every, int) or isinstance(self.eval_every, bool) \
+                or self.eval_every < 0:
+            raise bad("eval_every", "a whole number >= 0 (0: only at the end)")
+        if not isinstance(self.early_crop, int) or isinstance(self.early_crop, bool) or \
+                not (self.early_crop == 0 or 8 <= self.early_crop < 32):
+            raise bad("early_crop", "0 (off) or a window size from 8 to 31 pixels")
+        if not finite(self.early_fraction) or not 0 < self.early_fraction < 1:
+            raise bad("early_fraction", "in (0, 1)")
         if self.schedule not in SCHEDULES:
             raise bad("schedule", f"one of {', '.join(SCHEDULES)}")
         if not finite(self.dist_timeout) or self.dist_timeout <= 0:
@@ -93,3 +113,5 @@ class TrainConfig:
 
 NUM_CLASSES = 10  # CIFAR-10
 SCHEDULES = ("onecycle", "multistep", "cosine", "constant")
+TTA_MODES = ("none", "flip")
+ANNEALS = ("cos", "linear")

@@ -21,6 +21,26 @@ class NonFiniteLoss(RuntimeError):
     pass
 
 
+def read_data(cfg, train_data=None, test_data=None):
+    """``(train, test)`` pairs of (uint8 NHWC images, labels) for the run:
+    the ones given, else read from ``cfg.data``; labels range-checked; with
+    ``cfg.train_subset``, a class-balanced seeded sample of the training set
+    (image folders load sorted by class, so the first n would be one class)."""
+    from .config import NUM_CLASSES
+    from .data import load_cifar10
+    train_data = train_data or load_cifar10(cfg.data, split="train")[:2]
+    test_data = test_data or load_cifar10(cfg.data, split="test")[:2]
+    for split, (_, y) in (("train", train_data), ("test", test_data)):
+        if len(y) and (int(y.min()) < 0 or int(y.max()) >= NUM_CLASSES):
+            raise ValueError(f"{split} labels must be class indices in [0, {NUM_CLASSES}), "
+                             f"got the range [{int(y.min())}, {int(y.max())}]")
+    if cfg.train_subset:
+        from .data.subset import balanced_sample
+        idx = balanced_sample(train_data[1], cfg.train_subset, cfg.seed)
+        train_data = (train_data[0][idx], train_data[1][idx])
+    return train_data, test_data
+
+
 def build_model(name, num_classes=10):
     return models.get(name, num_classes=num_classes)
 
@@ -36,7 +56,7 @@ def build_schedule(opt, cfg, total_steps, steps_per_epoch):
     """Schedules step once per iteration."""
     if cfg.schedule == "onecycle":
         return optim.OneCycleLR(opt, max_lr=cfg.lr, total_steps=total_steps,
-                                pct_start=cfg.pct_start)
+                                pct_start=cfg.pct_start, anneal_strategy=cfg.anneal)
     if cfg.schedule == "multistep":
         return optim.MultiStepLR(opt, [int(0.5 * total_steps), int(0.75 * total_steps)], 0.1)
     if cfg.schedule == "cosine":
@@ -50,12 +70,26 @@ def build_schedule(opt, cfg, total_steps, steps_per_epoch):
     raise ValueError(f"unknown schedule {cfg.schedule!r}: onecycle, multistep, cosine, constant")
 
 
+def tta_logits(model, x, tta="none"):
+    """The model's logits for the batch ``x``; with ``tta="flip"`` the mean of
+    the logits of ``x`` and of its left-right mirror (test-time augmentation:
+    training flips images at random, so both views are in-distribution)."""
+    logits = model(x)
+    if tta == "flip":
+        xp = backend.get_array_module(x)
+        logits = (logits + model(xp.ascontiguousarray(x[..., ::-1]))) * logits.dtype.type(0.5)
+    elif tta != "none":
+        raise ValueError(f"tta must be 'none' or 'flip', got {tta!r}")
+    return logits
+
+
 def evaluate(model, images, labels, batch_size=500, device="cpu", dtype="float32",
-             predictions=None):
+             predictions=None, tta="none"):
     """Mean loss and accuracy over a whole split, in eval mode, keeping no caches.
     ``predictions``: a host integer array of ``len(labels)`` that receives each
     image's predicted class (``minires eval``'s confusion matrix); copying them
-    off the device is the only extra cost, and only when asked."""
+    off the device is the only extra cost, and only when asked.  ``tta``: see
+    ``tta_logits``."""
     from .data import normalize
     crit = nn.CrossEntropyLoss()
     was_training = model.training
@@ -65,7 +99,7 @@ def evaluate(model, images, labels, batch_size=500, device="cpu", dtype="float32
         for i in range(0, len(labels), batch_size):
             x = backend.to_device(normalize(images[i:i + batch_size], dtype=np.dtype(dtype)), device)
             y = backend.to_device(labels[i:i + batch_size], device)
-            logits = model(x)
+            logits = tta_logits(model, x, tta)
             total_loss += float(crit(logits, y)) * len(y)
             pred = logits.argmax(axis=1)
             correct += int((pred == y).sum())
@@ -74,6 +108,18 @@ def evaluate(model, images, labels, batch_size=500, device="cpu", dtype="float32
     model.train(was_training)
     n = len(labels)
     return total_loss / n, correct / n
+
+
+def recalibrate_ema(ema, train_data, cfg, batches):
+    """Recompute the batch-norm statistics of ``ema.module`` (a ``ModelEMA``)
+    for its own weights from ``batches`` augmented training batches, drawn
+    from a private generator so that the run's random streams are untouched."""
+    from .data import BatchLoader
+    images, labels = train_data
+    rng = np.random.default_rng([cfg.seed, 1])
+    loader = BatchLoader(images, labels, cfg.batch_size, shuffle=True, augment=cfg.augment,
+                         rng=rng, augment_rng=rng, device=cfg.device, dtype=cfg.dtype)
+    optim.recalibrate_batchnorm(ema.module, (x for _, (x, _) in zip(range(batches), loader)))
 
 
 def train_step(model, crit, opt, sched, x, y):

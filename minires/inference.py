@@ -42,7 +42,21 @@ def checkpoint_info(state):
     from .config import NUM_CLASSES
     cfg = state["config"]
     return _training_info(cfg["model"], NUM_CLASSES, dtype=cfg.get("dtype", "float32"),
-                          epoch=state.get("epoch"), data=cfg.get("data"))
+                          epoch=state.get("epoch"), data=cfg.get("data"),
+                          tta=cfg.get("tta", "none"))
+
+
+def checkpoint_weights(state, path, ema=None):
+    """``(state_dict, "ema" | "live")``: the weights of a checkpoint to use.
+    ``ema``: None takes the EMA's weights when the run kept an average
+    (``--ema``), True insists on them, False takes the live model's."""
+    averaged = (state.get("ema") or {}).get("module")
+    if ema and averaged is None:
+        raise CorruptFileError(f"--ema: {path} holds no EMA weights (its run was trained "
+                               f"without --ema); leave --ema out to use its weights")
+    if averaged is not None and ema is not False:
+        return averaged, "ema"
+    return state["model"], "live"
 
 
 def _metadata_json(path, metadata, key):
@@ -53,10 +67,13 @@ def _metadata_json(path, metadata, key):
                                f"{metadata[key]!r}") from None
 
 
-def load_trained(path, device="cpu"):
+def load_trained(path, device="cpu", ema=None):
     """``(model, info)``: the model in eval mode on ``device`` and a dict with
-    ``architecture``, ``num_classes``, ``classes``, ``mean``, ``std`` (and,
-    from a checkpoint, ``dtype`` and ``epoch``).
+    ``architecture``, ``num_classes``, ``classes``, ``mean``, ``std``,
+    ``weights`` ("ema" or "live"), ``tta`` (what the run evaluated with) and,
+    from a checkpoint, ``dtype`` and ``epoch``.  ``ema``: which weights of a
+    checkpoint (see ``checkpoint_weights``); an export holds one set, and
+    asking for the other is an error.
 
     ``path`` is a checkpoint written by ``minires train`` or a
     ``.safetensors`` file written by ``minires export`` (whose metadata names
@@ -81,11 +98,17 @@ def load_trained(path, device="cpu"):
                               mean=_metadata_json(path, meta, "mean"),
                               std=_metadata_json(path, meta, "std"),
                               dtype=next((str(v.dtype) for v in sd.values()
-                                          if v.dtype.kind == "f"), "float32"))
+                                          if v.dtype.kind == "f"), "float32"),
+                              weights=meta.get("weights", "live"), tta=meta.get("tta", "none"))
+        if ema is not None and info["weights"] != ("ema" if ema else "live"):
+            raise CorruptFileError(
+                f"--{'' if ema else 'no-'}ema: {path} holds the {info['weights']} weights only "
+                f"(an export keeps one set); leave the flag out")
     else:
         from .checkpoint import load_checkpoint
         state = load_checkpoint(path)
-        sd, info = state["model"], checkpoint_info(state)
+        info = checkpoint_info(state)
+        sd, info["weights"] = checkpoint_weights(state, path, ema)
     model = models.get(info["architecture"], num_classes=info["num_classes"])
     try:
         model.load_state_dict(sd)
@@ -150,16 +173,18 @@ def softmax(logits):
     return z / z.sum(axis=1, keepdims=True)
 
 
-def predict_proba(model, x, batch_size=256, device="cpu"):
+def predict_proba(model, x, batch_size=256, device="cpu", tta="none"):
     """Class probabilities (N x classes, float64 on the host) of a normalised
-    NCHW batch, in eval mode, keeping no caches."""
+    NCHW batch, in eval mode, keeping no caches; ``tta="flip"``: of the mean
+    logits of each image and its mirror (``engine.tta_logits``)."""
+    from .engine import tta_logits
     from .grad_mode import no_grad
     was_training = model.training
     model.eval()
     out = []
     with no_grad():
         for i in range(0, len(x), batch_size):
-            logits = model(backend.to_device(x[i:i + batch_size], device))
+            logits = tta_logits(model, backend.to_device(x[i:i + batch_size], device), tta)
             out.append(softmax(backend.to_numpy(logits)))
     model.train(was_training)
     return np.concatenate(out) if out else np.zeros((0, 0))

@@ -34,10 +34,12 @@ def plot_run(run_dir, out=None):
     ep = [r["epoch"] for r in rows]
     fig, ax = plt.subplots(1, 3, figsize=(13, 3.8))
     ax[0].plot(ep, [r["train_loss"] for r in rows], "o-", label="train")
-    ax[0].plot(ep, [r["test_loss"] for r in rows], "o-", label="test")
+    tested = [r for r in rows if r["test_acc"] is not None]  # (--eval-every skips epochs)
+    ax[0].plot([r["epoch"] for r in tested], [r["test_loss"] for r in tested], "o-", label="test")
     ax[0].set_title("loss")
     ax[1].plot(ep, [100 * r["train_acc"] for r in rows], "o-", label="train")
-    ax[1].plot(ep, [100 * r["test_acc"] for r in rows], "o-", label="test")
+    ax[1].plot([r["epoch"] for r in tested], [100 * r["test_acc"] for r in tested], "o-",
+               label="test")
     ax[1].set_title("accuracy (%)")
     ax[2].plot(ep, [r["lr"] for r in rows], "o-")
     ax[2].set_title("learning rate (end of epoch)")

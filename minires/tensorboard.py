@@ -88,7 +88,8 @@ class TensorBoardLogger:
             return
         w, step = self.writer, metrics["step"]
         for key in ("train_loss", "train_acc", "test_loss", "test_acc"):
-            w.add_scalar(f"epoch/{key}", metrics[key], step)
+            if metrics[key] is not None:  # an epoch --eval-every skipped has no test numbers
+                w.add_scalar(f"epoch/{key}", metrics[key], step)
         for layer in profile["layers"]:
             tag = f"{layer['depth']:03d}_{layer['name']}"
             w.add_scalar(f"grad_norm/{tag}", layer["grad_weight"], step)

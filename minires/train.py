@@ -24,33 +24,14 @@ import numpy as np
 from . import backend, nn
 from . import random as mr_random
 from .checkpoint import save_checkpoint, load_checkpoint
+from .optim import ModelEMA
 from .engine import (NonFiniteLoss, build_model, build_optimizer, build_schedule, evaluate,
-                     probe_step_time, train_step)
+                     probe_step_time, read_data, recalibrate_ema, train_step)
 from .config import NUM_CLASSES, SCHEDULES, TrainConfig  # noqa: F401  (minires.train's names)
 from .fileio import atomic_write_bytes
-
-
-BUDGET_MARGIN = 0.95  # of the time left: logging, checkpoints and noise
-
-
-def fit_schedule(cfg, steps_per_epoch, n_test, step_time=None, eval_per_image=None,
-                 spent_s=0.0):
-    """Decide the run's length: epochs and total steps, so that ``--max-steps``
-    and ``--time-budget`` (minutes) are honoured.  ``spent_s``: seconds the run
-    has used already (loading the data, the probe): the budget covers the
-    whole run.  Saved with the run so that a resumed run never refits it at
-    the start (only when it falls behind, see ``Trainer._refit``)."""
-    epochs, total = cfg.epochs, cfg.epochs * steps_per_epoch
-    if cfg.time_budget is not None:
-        epoch_s = steps_per_epoch * step_time + n_test * eval_per_image
-        fit = int((cfg.time_budget * 60 - spent_s) * BUDGET_MARGIN // epoch_s)
-        epochs = max(1, min(epochs, fit))
-        total = epochs * steps_per_epoch
-    if cfg.max_steps is not None and cfg.max_steps < total:
-        total = cfg.max_steps
-        epochs = math.ceil(total / steps_per_epoch)
-    return {"epochs": epochs, "total_steps": total, "steps_per_epoch": steps_per_epoch,
-            "step_time_s": step_time, "eval_s_per_image": eval_per_image, "spent_s": spent_s}
+from . import budget
+from .budget import fit_schedule  # noqa: F401  (minires.train's name)
+from .errors import ConfigError
 
 
 class OneProcess:
@@ -84,7 +65,7 @@ class OneProcess:
         from .data import BatchLoader
         cfg, (images, labels) = trainer.cfg, trainer.train_data
         return BatchLoader(images, labels, cfg.batch_size, shuffle=True, augment=cfg.augment,
-                           device=cfg.device, dtype=cfg.dtype)
+                           device=cfg.device, dtype=cfg.dtype, **trainer.loader_crop())
 
     def train_step(self, trainer, x, y, i):
         """Step ``i`` of the epoch (``train_step`` looked up at call time: tests
@@ -101,8 +82,8 @@ class OneProcess:
 
     def evaluate(self, trainer):
         cfg = trainer.cfg
-        return evaluate(trainer.model, *trainer.test_data, cfg.eval_batch_size, cfg.device,
-                        cfg.dtype)
+        return evaluate(trainer.eval_model, *trainer.test_data, cfg.eval_batch_size, cfg.device,
+                        cfg.dtype, tta=cfg.tta)
 
     def run(self, body):
         return body()
@@ -126,10 +107,14 @@ class Trainer:
     steps), ``on_epoch_end(trainer, metrics)`` after the epoch's checkpoint
     (metrics: its row of metrics.jsonl) and ``on_run_end(trainer)``, also
     when the run fails.
+
+    ``clock``: the time source of ``--time-budget`` (tests give a fake one);
+    ``started_at``: the ``clock`` time the budget counts from (the command
+    passes its process's start; by default, when ``run`` is called).
     """
 
     def __init__(self, cfg, train_data=None, test_data=None, log=print, workers=None,
-                 callbacks=()):
+                 callbacks=(), clock=time.perf_counter, started_at=None):
         cfg.validate()
         if workers is None:
             if cfg.distributed:
@@ -141,6 +126,8 @@ class Trainer:
         self.callbacks = list(callbacks)
         self.cfg, self.log = cfg, (log if workers.is_main else _silent)
         self.train_data, self.test_data = train_data, test_data
+        self.clock, self._started_at = clock, started_at
+        self.ema = None
         self.last_path = os.path.join(cfg.out, "last.ckpt")
         self.best_path = os.path.join(cfg.out, "best.ckpt")
         self.metrics_path = os.path.join(cfg.out, "metrics.jsonl")
@@ -155,23 +142,15 @@ class Trainer:
     def is_main(self):
         return self.workers.is_main
 
+    @property
+    def eval_model(self):
+        """What evaluation (and best.ckpt's accuracy) uses: the EMA's weights
+        with ``--ema``, else the live model."""
+        return self.ema.module if self.ema is not None else self.model
+
     def _read_data(self):
         """Read the data set in this process (the workers decide who reads when)."""
-        from .data import load_cifar10
-        if self.train_data is None:
-            self.train_data = load_cifar10(self.cfg.data, split="train")[:2]
-        if self.test_data is None:
-            self.test_data = load_cifar10(self.cfg.data, split="test")[:2]
-        for split, (_, y) in (("train", self.train_data), ("test", self.test_data)):
-            if len(y) and (int(y.min()) < 0 or int(y.max()) >= NUM_CLASSES):
-                raise ValueError(f"{split} labels must be class indices in [0, {NUM_CLASSES}), "
-                                 f"got the range [{int(y.min())}, {int(y.max())}]")
-        if self.cfg.train_subset:
-            # a class-balanced, seeded subset (image folders load sorted by class,
-            # so the first n images would be one class)
-            from .data.subset import balanced_sample
-            idx = balanced_sample(self.train_data[1], self.cfg.train_subset, self.cfg.seed)
-            self.train_data = (self.train_data[0][idx], self.train_data[1][idx])
+        self.train_data, self.test_data = read_data(self.cfg, self.train_data, self.test_data)
 
     def _setup(self, resume):
         cfg, workers = self.cfg, self.workers
@@ -180,7 +159,9 @@ class Trainer:
         steps_per_epoch = workers.steps_per_epoch(self, len(labels))
         state = workers.load_state(self) if resume else None
         if state is not None:
-            cfg.fitted = state["config"]["fitted"]  # never refit on resume
+            cfg.fitted = state["config"]["fitted"]  # the plan goes on (refits still adapt it)
+            # the budget is for the whole run: what earlier sessions used is spent
+            self._t_start -= state.get("budget_used_s", 0.0)
         mr_random.manual_seed(cfg.seed)
         self.model = workers.build_model(self)
         if state is None and cfg.init_from and self.is_main:
@@ -195,11 +176,17 @@ class Trainer:
         self.crit = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing,
                                         check_targets=backend.normalize_device(cfg.device) == "cpu")
         if not cfg.fitted:
-            st = ev = None
+            st = ev = st_early = None
             if cfg.time_budget is not None:
                 st, ev = workers.probe(self, images, labels)
+                if cfg.early_crop:
+                    c = cfg.early_crop
+                    st_early = workers.probe(self, images[:, :c, :c], labels)[0]
             cfg.fitted = fit_schedule(cfg, steps_per_epoch, len(self.test_data[1]), st, ev,
-                                      spent_s=time.perf_counter() - self._t_run)
+                                      spent_s=self.clock() - self._t_start,
+                                      early_step_time=st_early)
+            if cfg.fitted["total_steps"] == 0:
+                raise ConfigError(budget.too_small(cfg, cfg.fitted, len(self.test_data[1])))
             self._log_plan()
         self.epoch, self.step, self.best_acc, self.history = 0, 0, -1.0, []
         self.sched, total = self._schedule(cfg.fitted["total_steps"])
@@ -214,31 +201,60 @@ class Trainer:
             self.epoch, self.step = state["epoch"], state["step"]
             self.best_acc, self.history = state["best_acc"], state["history"]
             self.log(f"resumed {cfg.out} at epoch {self.epoch}, step {self.step}")
-        workers.after_setup(self)
+        workers.after_setup(self)  # (MPI: every rank now holds rank 0's weights)
+        if cfg.ema:
+            self.ema = ModelEMA(self.model, cfg.ema)
+            if state is not None and state.get("ema") is not None:
+                self.ema.load_state_dict(state["ema"])
+        self._eval_per_image = (cfg.fitted.get("eval_s_per_image") or 0) * budget.PROBE_EVAL_FACTOR
+        self._last_eval_s = 0.0
+        self._pace = budget.Pace(self.clock, self.step)
         if not self.is_main:
             return
         os.makedirs(cfg.out, exist_ok=True)
-        atomic_write_bytes(os.path.join(cfg.out, "config.json"),
-                           json.dumps(asdict(cfg), indent=2).encode())
+        self._write_config()
         # metrics.jsonl mirrors the checkpoint's history (drops epochs a crash lost)
         atomic_write_bytes(self.metrics_path,
                            "".join(json.dumps(m) + "\n" for m in self.history).encode())
 
-    def _evaluate(self):
-        return self.workers.evaluate(self)
+    def _write_config(self):
+        atomic_write_bytes(os.path.join(self.cfg.out, "config.json"),
+                           json.dumps(asdict(self.cfg), indent=2).encode())
+
+    def _evaluate(self, final=False):
+        """Loss and accuracy on the test set (of ``eval_model``).  At the run's
+        end the EMA's batch-norm statistics are first recomputed for its weights."""
+        t0 = self.clock()
+        if final and self.ema is not None:
+            recalibrate_ema(self.ema, self.train_data, self.cfg, budget.RECALIBRATION_BATCHES)
+        result = self.workers.evaluate(self)
+        views = 2 if self.cfg.tta == "flip" else 1
+        self._last_eval_s = self.clock() - t0
+        self._eval_per_image = self._last_eval_s / max(1, len(self.test_data[1]) * views)
+        return result
+
+    def loader_crop(self):
+        """The loader's crop for this epoch: small windows in the first
+        ``early_epochs`` with ``--early-crop`` (progressive resizing)."""
+        if self.epoch < self.cfg.fitted.get("early_epochs", 0):
+            return {"padding": 0, "crop_size": self.cfg.early_crop}
+        return {}
 
     def _checkpoint_state(self):
         return {"model": self.model.state_dict(), "optimizer": self.opt.state_dict(),
                 "schedule": self.sched.state_dict(), "rng": mr_random.get_rng_state(),
                 "epoch": self.epoch, "step": self.step, "best_acc": self.best_acc,
-                "history": self.history, "config": asdict(self.cfg)}
+                "history": self.history, "config": asdict(self.cfg),
+                "ema": self.ema.state_dict() if self.ema is not None else None,
+                "budget_used_s": self.clock() - self._t_start}
 
     def _train_epoch(self):
         from tqdm import tqdm
         cfg = self.cfg
         loader = self.workers.make_loader(self)
-        left = cfg.fitted["total_steps"] - self.step
-        n_batches = min(len(loader), left)
+        if self.epoch and self.epoch == cfg.fitted.get("early_epochs"):
+            self._pace = budget.Pace(self.clock, self.step)  # full-size steps from here: a new pace
+        n_batches = min(len(loader), cfg.fitted["total_steps"] - self.step)
         bar = tqdm(total=n_batches, desc=f"epoch {self.epoch + 1}/{cfg.fitted['epochs']}",
                    disable=not (cfg.progress and self.is_main), mininterval=1.0, leave=False)
         loss_sum, correct, seen, t0 = 0.0, 0, 0, time.perf_counter()
@@ -246,13 +262,16 @@ class Trainer:
         pending = []  # losses kept on the device, read every few steps
         self.loss_curve = []  # mean training loss of every 10 steps
         for i, (x, y) in enumerate(loader):
-            if i >= n_batches:
+            if self.step >= cfg.fitted["total_steps"]:  # (a refit may move the end)
                 break
             loss, logits = self.workers.train_step(self, x, y, i)
+            if self.ema is not None:
+                self.ema.update(self.model)
             self.step += 1
             # loss and hits stay on the device; read every 10 steps (one sync, not ten)
             pending.append((loss * len(y), (logits.argmax(axis=1) == y).sum(), len(y)))
-            if len(pending) == 10 or i == n_batches - 1:
+            last = i == len(loader) - 1 or self.step >= cfg.fitted["total_steps"]
+            if len(pending) == 10 or last:
                 # summed over the ranks when distributed, so every rank sees the same numbers
                 window, hits, count = self.workers.sum(
                     [sum(float(v) for v, _, _ in pending), sum(int(c) for _, c, _ in pending),
@@ -277,20 +296,16 @@ class Trainer:
                         "train_loss": window / count, "train_acc": hits / count,
                         "images_per_s": count / (now - t_window)})
                 t_window = now
+            if cfg.time_budget is not None and (self.step % budget.refit_every(cfg.fitted) == 0
+                                                or last):
+                self._keep_to_budget()
+                bar.total = min(len(loader), i + 1 + cfg.fitted["total_steps"] - self.step)
             bar.update(1)
         bar.close()
         return loss_sum / max(seen, 1), correct / max(seen, 1), seen / (time.perf_counter() - t0)
 
     def _log_plan(self):
-        f, cfg = self.cfg.fitted, self.cfg
-        line = (f"plan: {f['epochs']} epochs, {f['total_steps']} steps "
-                f"({f['steps_per_epoch']} per epoch)")
-        if cfg.time_budget is not None:
-            line += (f" to fit --time-budget {cfg.time_budget:g} min: the probe measured "
-                     f"{1000 * f['step_time_s']:.0f} ms per step and "
-                     f"{1000 * f['eval_s_per_image']:.2f} ms per test image; loading and "
-                     f"the probe took {time.perf_counter() - self._t_run:.0f} s")
-        self.log(line)
+        self.log(budget.plan_line(self.cfg, self.clock() - self._t_start))
 
     def _schedule(self, total):
         """The schedule over ``total`` steps, and that total.  A budget can fit
@@ -305,38 +320,33 @@ class Trainer:
                     raise
                 total -= 1
 
-    def _epochs_that_fit(self, epoch_s):
-        """Whole epochs of ``epoch_s`` seconds left in the time budget."""
-        left = self.cfg.time_budget * 60 - (time.perf_counter() - self._t_run)
-        return max(0, int(left * BUDGET_MARGIN // epoch_s))
-
-    def _refit(self, epoch_s):
-        """Behind the probe's pace (a loaded machine): shorten the remaining
-        schedule so that it still ends (lr annealed) within the budget.
-        Returns False when not even one more epoch fits."""
+    def _keep_to_budget(self):
+        """Refit the steps still to run to the pace of the latest steps (see
+        ``minires.budget``); every worker takes the main one's answer."""
         cfg, f = self.cfg, self.cfg.fitted
-        fits = self.workers.agree(self._epochs_that_fit(epoch_s))
-        planned = f["epochs"] - self.epoch
-        if fits >= planned:
-            return True
-        if fits == 0:
-            self.log(f"time budget: an epoch now takes {epoch_s:.0f} s and no other fits in "
-                     f"--time-budget {cfg.time_budget:g} min; stopping at epoch {self.epoch}")
-            return False
-        epochs = self.epoch + fits
-        self.sched, total = self._schedule(min(f["total_steps"], epochs * f["steps_per_epoch"]))
-        self.sched.last_epoch = self.step  # the same closed form, squeezed into fewer steps
-        self.sched._apply()
-        cfg.fitted = {**f, "epochs": epochs, "total_steps": total,
-                      "refitted": f.get("refitted", []) + [
-                          {"at_epoch": self.epoch, "epoch_s": round(epoch_s, 3),
-                           "epochs_before": f["epochs"]}]}
-        self.log(f"time budget: behind the probe's pace ({epoch_s:.0f} s per epoch); the "
-                 f"schedule now ends after {epochs} epochs ({total} steps)")
-        if self.is_main:  # the run folder says what the budget bought, refits included
-            atomic_write_bytes(os.path.join(cfg.out, "config.json"),
-                               json.dumps(asdict(cfg), indent=2).encode())
-        return True
+        pace, now = self._pace.look(self.step)
+        if pace is None:
+            return
+        total = self.workers.agree(budget.refitted_total(
+            cfg, f, self.step, pace, self._t_start + cfg.time_budget * 60 - now,
+            len(self.test_data[1]), self._eval_per_image))
+        if total == f["total_steps"]:
+            return
+        if total > self.step:
+            self.sched, total = self._schedule(total)
+            self.sched.last_epoch = self.step  # the same closed form over the new length
+            self.sched._apply()
+        cfg.fitted = {**f, "total_steps": total,
+                      "epochs": max(self.epoch + 1, math.ceil(total / f["steps_per_epoch"])),
+                      "refits": f.get("refits", 0) + 1,
+                      "planned_steps": f.get("planned_steps", f["total_steps"])}
+        if abs(total - f.get("logged_steps", f["total_steps"])) >= 0.02 * f["total_steps"] \
+                or total <= self.step:
+            cfg.fitted["logged_steps"] = total
+            end = ("no other step fits: stopping now" if total <= self.step else
+                   f"the schedule now ends after {total} steps ({cfg.fitted['epochs']} epochs)")
+            self.log(f"time budget: {1000 * pace:.0f} ms per step at step {self.step} (the "
+                     f"probe: {1000 * f['step_time_s']:.0f}); {end}")
 
     def run(self, resume=False):
         """Train (or continue, with ``resume``) to the end of the plan; returns
@@ -344,7 +354,9 @@ class Trainer:
         return self.workers.run(lambda: self._run(resume))
 
     def _run(self, resume):
-        self._t_run = time.perf_counter()  # the budget counts loading and the probe too
+        # the budget counts loading and the probe too (and, from the command,
+        # the process's start)
+        self._t_start = self._started_at if self._started_at is not None else self.clock()
         self._setup(resume)
         try:
             self._notify("on_run_start")
@@ -355,21 +367,29 @@ class Trainer:
     def _epochs(self):
         cfg = self.cfg
         t_start = time.perf_counter()
-        while self.epoch < cfg.fitted["epochs"] and self.step < cfg.fitted["total_steps"]:
-            t_epoch = time.perf_counter()
+        while self.step < cfg.fitted["total_steps"]:
             tl, ta, ips = self._train_epoch()
-            vl, va = self._evaluate()
+            t_trained = self.clock()  # from here to the next epoch: not steps (budget.Pace)
+            final = self.step >= cfg.fitted["total_steps"]
+            vl = va = None
+            if final or (cfg.eval_every and (self.epoch + 1) % cfg.eval_every == 0):
+                vl, va = self._evaluate(final)
             self.epoch += 1
             m = {"epoch": self.epoch, "step": self.step, "lr": self.opt.param_groups[0]["lr"],
                  "train_loss": tl, "train_acc": ta, "test_loss": vl, "test_acc": va,
                  "images_per_s": ips, "elapsed_s": time.perf_counter() - t_start,
                  "loss_curve": self.loss_curve}
             self.history.append(m)
-            best = va > self.best_acc
-            self.best_acc = max(self.best_acc, va)
+            best = va is not None and va > self.best_acc
+            self.best_acc = max(self.best_acc, va if va is not None else -1.0)
             if self.is_main:
                 with open(self.metrics_path, "a") as f:
                     f.write(json.dumps(m) + "\n")
+                if final and cfg.time_budget is not None:
+                    used = self.clock() - self._t_start
+                    cfg.fitted = {**cfg.fitted, "used_s": round(used, 2)}
+                if final or cfg.fitted.get("refits"):
+                    self._write_config()  # the run folder says what the budget bought
                 state = self._checkpoint_state()
                 # best before last: killed between the two writes, the run resumes
                 # from the previous last.ckpt and redoes this epoch, so best.ckpt
@@ -377,12 +397,14 @@ class Trainer:
                 if best:
                     save_checkpoint(self.best_path, state)
                 save_checkpoint(self.last_path, state)
+            test = f"test loss {vl:.4f} acc {va:.4f}" if va is not None else "(not evaluated)"
             self.log(f"epoch {self.epoch}/{cfg.fitted['epochs']}  train loss {tl:.4f} acc "
-                     f"{ta:.4f}  test loss {vl:.4f} acc {va:.4f}  {ips:.0f} img/s")
+                     f"{ta:.4f}  {test}  {ips:.0f} img/s")
             self._notify("on_epoch_end", m)
-            if cfg.time_budget is not None and self.epoch < cfg.fitted["epochs"]:
-                if not self._refit(time.perf_counter() - t_epoch):
-                    break
+            self._pace.pause(self.clock() - t_trained)
+        if cfg.time_budget is not None and self.history:
+            self.log(budget.used_line(cfg, self.clock() - self._t_start, self.step,
+                                      self._last_eval_s))
         return self.history
 
 

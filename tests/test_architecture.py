@@ -16,7 +16,7 @@ LAYERS = {
     "nn": 1, "gradcheck": 1, "derivatives": 1, "summary": 1,
     "models": 2, "optim": 2, "testing": 2,
     "data": 3, "checkpoint": 3, "convert": 3, "plot": 3, "metrics": 3,
-    "engine": 4, "config": 4, "exercises": 4, "inference": 4,
+    "engine": 4, "config": 4, "exercises": 4, "inference": 4, "budget": 4,
     "distributed": 5,
     "train": 6,
     "cmdline": 7, "cli": 7, "cli_train": 7, "cli_export": 7, "cli_predict": 7, "gradflow": 7,

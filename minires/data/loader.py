@@ -58,7 +58,9 @@ class BatchLoader:
     new order drawn from ``rng`` (default: the ``data`` stream of
     ``minires.random``).  With ``augment``, each image is zero-padded by
     ``padding``, randomly cropped back and flipped left-right with p=0.5,
-    drawing from ``augment_rng`` (default: the ``augment`` stream).  The last,
+    drawing from ``augment_rng`` (default: the ``augment`` stream);
+    ``crop_size`` cuts smaller square windows instead (progressive resizing:
+    cheaper early epochs; with ``padding=0`` they lie inside the image).  The last,
     smaller batch is kept unless ``drop_last``; ``len(loader)`` counts batches.
     ``prefetch`` batches are prepared ahead in a background thread (0: none,
     everything happens in the caller's thread).  Errors in the thread are
@@ -67,7 +69,7 @@ class BatchLoader:
 
     def __init__(self, images, labels, batch_size, shuffle=True, drop_last=False, augment=False,
                  rng=None, augment_rng=None, prefetch=2, device="cpu", padding=4,
-                 mean=CIFAR10_MEAN, std=CIFAR10_STD, dtype=np.float32):
+                 mean=CIFAR10_MEAN, std=CIFAR10_STD, dtype=np.float32, crop_size=None):
         if not isinstance(images, np.ndarray) or images.ndim != 4 or images.dtype != np.uint8:
             got = (f"{images.dtype} {images.shape}" if isinstance(images, np.ndarray)
                    else type(images).__name__)
@@ -85,6 +87,10 @@ class BatchLoader:
         self.images, self.labels = images, labels.astype(np.int64, copy=False)
         self.batch_size, self.shuffle, self.drop_last = int(batch_size), shuffle, drop_last
         self.augment, self.padding = augment, padding
+        if crop_size is not None and not (augment and 1 <= crop_size <= min(images.shape[1:3])):
+            raise ValueError(f"BatchLoader: crop_size needs augment=True and a size from 1 to "
+                             f"{min(images.shape[1:3])}, got {crop_size!r}")
+        self.crop_size = crop_size
         self.rng, self.augment_rng = rng, augment_rng
         self.prefetch, self.device = int(prefetch), backend.normalize_device(device)
         self.mean, self.std, self.dtype = mean, std, dtype
@@ -106,9 +112,13 @@ class BatchLoader:
             # Resolved per epoch, not in __init__: manual_seed replaces the generators.
             arng = (self.augment_rng if self.augment_rng is not None
                     else mr_random.generator("augment"))
-            offsets = crop_offsets(n, self.padding, arng)
+            offsets = crop_offsets(n, self.padding, arng, self.crop_slack())
             flips = flip_mask(n, 0.5, arng)
         return order, offsets, flips
+
+    def crop_slack(self):
+        """How much larger than the crop the images are (0 for full-size crops)."""
+        return 0 if self.crop_size is None else self.images.shape[2] - self.crop_size
 
     def _batch_slice(self, k):
         """Where batch k lies in the epoch's order (a distributed loader takes
@@ -123,7 +133,7 @@ class BatchLoader:
             idx = order[sl]
             x = self.images[idx]
             if self.augment:
-                x = flip_where(crop_at(x, offsets[sl], self.padding), flips[sl])
+                x = flip_where(crop_at(x, offsets[sl], self.padding, self.crop_size), flips[sl])
             return normalize(x, self.mean, self.std, self.dtype), self.labels[idx]
         return make_batch
 

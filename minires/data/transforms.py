@@ -28,28 +28,36 @@ def _rng(rng):
     return mr_random.generator("augment") if rng is None else rng
 
 
-def crop_offsets(n, padding, rng=None):
+def crop_offsets(n, padding, rng=None, slack=0):
     """(n, 2) int64 top-left corners (row, column) in the padded image, each
-    uniform in 0..2*padding."""
-    return _rng(rng).integers(0, 2 * padding + 1, size=(n, 2))
+    uniform in 0..2*padding + slack (``slack``: how much the image is larger
+    than the crop)."""
+    return _rng(rng).integers(0, 2 * padding + slack + 1, size=(n, 2))
 
 
-def crop_at(batch, offsets, padding=4):
-    """Zero-pad every image by ``padding`` on each side, then cut an H×W window
-    whose top-left corner in the padded image is ``offsets[i]``."""
+def crop_at(batch, offsets, padding=4, size=None):
+    """Zero-pad every image by ``padding`` on each side, then cut a
+    ``size`` x ``size`` window (default: H x W) whose top-left corner in the
+    padded image is ``offsets[i]``."""
     _check_batch("crop_at", batch)
     n, h, w, c = batch.shape
-    padded = np.zeros((n, h + 2 * padding, w + 2 * padding, c), dtype=batch.dtype)
-    padded[:, padding:padding + h, padding:padding + w] = batch
-    out = np.empty_like(batch)
-    # Loop over the (2p+1)^2 = 81 possible corners, not over images: each
-    # corner copies all its images with one strided slice.
-    span = 2 * padding + 1
+    size = w if size is None else int(size)
+    if not 1 <= size <= min(h, w) + 2 * padding:
+        raise ValueError(f"crop_at: a crop of {size} does not fit {h}x{w} images padded by "
+                         f"{padding}")
+    padded = batch
+    if padding:
+        padded = np.zeros((n, h + 2 * padding, w + 2 * padding, c), dtype=batch.dtype)
+        padded[:, padding:padding + h, padding:padding + w] = batch
+    out = np.empty((n, size, size, c), dtype=batch.dtype)
+    # Loop over the possible corners (81 for CIFAR's crop), not over images:
+    # each corner copies all its images with one strided slice.
+    span = 2 * padding + w - size + 1
     corner = np.asarray(offsets)[:, 0] * span + np.asarray(offsets)[:, 1]
     for k in np.unique(corner):
         idx = np.flatnonzero(corner == k)
         top, left = divmod(int(k), span)
-        out[idx] = padded[idx, top:top + h, left:left + w]
+        out[idx] = padded[idx, top:top + size, left:left + size]
     return out
 
 

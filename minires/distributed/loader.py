@@ -31,7 +31,7 @@ class DistributedBatchLoader(BatchLoader):
         offsets = flips = None
         if self.augment:
             rng = self.sampler.augment_generator(self.epoch)
-            offsets = crop_offsets(len(order), self.padding, rng)
+            offsets = crop_offsets(len(order), self.padding, rng, self.crop_slack())
             flips = flip_mask(len(order), 0.5, rng)
         return order, offsets, flips
 

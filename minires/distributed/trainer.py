@@ -135,7 +135,8 @@ class MPIRanks:
         self._local_n = self.sampler.local_sizes()
         self._global_n = self.sampler.global_sizes()
         return DistributedBatchLoader(images, labels, self.sampler, epoch=trainer.epoch,
-                                      augment=cfg.augment, device=cfg.device, dtype=cfg.dtype)
+                                      augment=cfg.augment, device=cfg.device, dtype=cfg.dtype,
+                                      **trainer.loader_crop())
 
     def train_step(self, trainer, x, y, i):
         return distributed_train_step(trainer.model, trainer.crit, trainer.opt, trainer.sched,
@@ -155,12 +156,14 @@ class MPIRanks:
         # torch DDP's broadcast_buffers).  The test set is then sharded and the
         # sums reduced: every rank gets the same numbers, in 1/world of the time.
         broadcast_state(trainer.model, self.comm)
+        if trainer.eval_model is not trainer.model:  # --ema: the average's statistics too
+            broadcast_state(trainer.eval_model, self.comm)
         cfg, (images, labels) = trainer.cfg, trainer.test_data
         lo, hi = shard_bounds(len(labels), self.rank, self.world_size)
         loss_sum = hits = 0.0
         if hi > lo:
-            loss, acc = evaluate(trainer.model, images[lo:hi], labels[lo:hi],
-                                 cfg.eval_batch_size, cfg.device, cfg.dtype)
+            loss, acc = evaluate(trainer.eval_model, images[lo:hi], labels[lo:hi],
+                                 cfg.eval_batch_size, cfg.device, cfg.dtype, tta=cfg.tta)
             loss_sum, hits = loss * (hi - lo), round(acc * (hi - lo))
         loss_sum, hits, n = self.sum([loss_sum, hits, hi - lo])
         return loss_sum / n, hits / n
