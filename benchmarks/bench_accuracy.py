@@ -106,17 +106,21 @@ def run_torch(args):
                           nesterov=cfg.nesterov)
     steps_per_epoch = math.ceil(len(ytr) / bs)
     # the probe, as minires's: a throwaway copy, 2 + 8 steps on one batch, eval of 500 images
-    probe = copy.deepcopy(model)
-    popt = torch.optim.SGD(groups(probe), lr=0.01, momentum=0.9, nesterov=True)
-    xb, yb = torch.from_numpy(normalize(xtr[:bs])), torch.from_numpy(ytr[:bs])
-    times = []
-    for _ in range(10):
-        t = time.perf_counter()
-        popt.zero_grad()
-        F.cross_entropy(probe(xb), yb, label_smoothing=cfg.label_smoothing).backward()
-        popt.step()
-        times.append(time.perf_counter() - t)
-    step_s = float(np.median(times[2:]))
+    def probe_step(size):
+        probe = copy.deepcopy(model)
+        popt = torch.optim.SGD(groups(probe), lr=0.01, momentum=0.9, nesterov=True)
+        xb = torch.from_numpy(normalize(xtr[:bs, :size, :size]))
+        yb = torch.from_numpy(ytr[:bs])
+        times = []
+        for _ in range(10):
+            t = time.perf_counter()
+            popt.zero_grad()
+            F.cross_entropy(probe(xb), yb, label_smoothing=cfg.label_smoothing).backward()
+            popt.step()
+            times.append(time.perf_counter() - t)
+        return float(np.median(times[2:])), probe
+    step_s, probe = probe_step(32)
+    early_s = probe_step(cfg.early_crop)[0] if cfg.early_crop else None
     xe = torch.from_numpy(normalize(xte[:cfg.eval_batch_size]))
     probe.eval()
     with torch.no_grad():
@@ -127,7 +131,7 @@ def run_torch(args):
             ev.append(time.perf_counter() - t)
     eval_per_image = min(ev) / len(xe)
     fitted = budget.fit_schedule(cfg, steps_per_epoch, len(yte), step_s, eval_per_image,
-                                 spent_s=time.perf_counter() - t_start)
+                                 spent_s=time.perf_counter() - t_start, early_step_time=early_s)
     total = fitted["total_steps"]
     print(f"torch plan: {total} steps; probe {1000 * step_s:.0f} ms per step", flush=True)
 
@@ -149,12 +153,16 @@ def run_torch(args):
     apply()
     ema = copy.deepcopy(model).eval() if cfg.ema else None
     updates = 0
-    loader = BatchLoader(xtr, ytr, bs, shuffle=True, augment=cfg.augment)
     step, epoch, hist, refits = 0, 0, [], 0
     eval_per_image *= budget.PROBE_EVAL_FACTOR
+    clock = budget.Pace(time.perf_counter, step)
     while step < total:
         model.train()
-        clock = budget.Pace(time.perf_counter, step)
+        crop = ({"padding": 0, "crop_size": cfg.early_crop}
+                if epoch < fitted["early_epochs"] else {})
+        loader = BatchLoader(xtr, ytr, bs, shuffle=True, augment=cfg.augment, **crop)
+        if epoch and epoch == fitted["early_epochs"]:
+            clock = budget.Pace(time.perf_counter, step)  # full-size steps: a new pace
         tl = tc = n = 0
         for i, (x, y) in enumerate(loader):
             if step >= total:
@@ -193,6 +201,7 @@ def run_torch(args):
                         if total > step:
                             sched = schedule(total, step)
                             apply()
+        t_trained = time.perf_counter()
         epoch += 1
         row = {"epoch": epoch, "step": step, "train_loss": tl / max(n, 1),
                "train_acc": tc / max(n, 1), "test_acc": None,
@@ -228,6 +237,7 @@ def run_torch(args):
             views = 2 if cfg.tta == "flip" else 1
             eval_per_image = (time.perf_counter() - t_eval) / (len(yte) * views)
         hist.append(row)
+        clock.pause(time.perf_counter() - t_trained)  # evaluations are not steps
         print(f"torch epoch {epoch} ({step} steps) test acc {row['test_acc']}", flush=True)
     wall = time.perf_counter() - t_start
     fitted.update(total_steps=total, epochs=epoch, refits=refits, used_s=wall)

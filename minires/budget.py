@@ -21,6 +21,8 @@ import math
 import os
 import time
 
+from .errors import ConfigError
+
 REFIT_EVERY = 50          # the most steps between looks at the pace (fewer in a short plan)
 RECALIBRATION_BATCHES = 20  # training batches that recompute the EMA's batch-norm statistics
 REFIT_TOLERANCE = 0.005   # refits smaller than this fraction of the plan are not worth an lr jump
@@ -135,6 +137,23 @@ def fit_schedule(cfg, steps_per_epoch, n_test, step_time=None, eval_per_image=No
             "early_epochs": early_epochs, "early_step_time_s": early_step_time}
 
 
+def plan(cfg, probe, images, steps_per_epoch, n_test, elapsed):
+    """The run's plan (``fitted``): with a budget, ``probe(images)`` gives
+    (seconds per step, per test image), also on the ``--early-crop``
+    windows; ``elapsed()`` is the time the run has used so far.  A budget
+    in which not one step fits is a ``ConfigError`` saying what would do."""
+    step_s = eval_per_image = early_s = None
+    if cfg.time_budget is not None:
+        step_s, eval_per_image = probe(images)
+        if cfg.early_crop:
+            early_s = probe(images[:, :cfg.early_crop, :cfg.early_crop])[0]
+    fitted = fit_schedule(cfg, steps_per_epoch, n_test, step_s, eval_per_image,
+                          spent_s=elapsed(), early_step_time=early_s)
+    if fitted["total_steps"] == 0:
+        raise ConfigError(too_small(cfg, fitted, n_test))
+    return fitted
+
+
 def cap(cfg, steps_per_epoch):
     """The most steps ``--epochs`` and ``--max-steps`` allow."""
     total = cfg.epochs * steps_per_epoch
@@ -184,7 +203,7 @@ def refitted_total(cfg, fitted, step, pace, seconds_to_deadline, n_test, eval_pe
     left = seconds_to_deadline - end_reserve(cfg.time_budget * 60)
     early = None
     n_early = fitted.get("early_epochs", 0) * spe - step
-    if n_early > 0:
+    if n_early >= 0 and fitted.get("early_epochs"):  # the pace was measured on the windows
         early, pace = (n_early, pace), pace * fitted["step_time_s"] / fitted["early_step_time_s"]
     total = min(cap(cfg, spe), step + steps_that_fit(cfg, left, pace, spe, n_test,
                                                      eval_per_image, at_step=step, early=early))

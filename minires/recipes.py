@@ -9,7 +9,7 @@ RECIPES = {
     "budget": dict(model="resnet20", epochs=200, batch_size=256, lr=0.4, schedule="onecycle",
                    pct_start=0.25, anneal="linear", momentum=0.9, nesterov=True,
                    weight_decay=5e-4, no_decay_bn_bias=True, label_smoothing=0.1,
-                   ema=0.99, tta="flip", eval_every=0),
+                   ema=0.0, tta="flip", eval_every=0, early_crop=24, early_fraction=0.5),
     # He et al. 2015, section 4.2: 64k iterations ~ 164 epochs at batch 128, lr 0.1
     # divided by 10 at 50% and 75%, weight decay 1e-4, momentum 0.9 (paper: 91.25%
     # for ResNet-20).

@@ -31,7 +31,6 @@ from .config import NUM_CLASSES, SCHEDULES, TrainConfig  # noqa: F401  (minires.
 from .fileio import atomic_write_bytes
 from . import budget
 from .budget import fit_schedule  # noqa: F401  (minires.train's name)
-from .errors import ConfigError
 
 
 class OneProcess:
@@ -176,18 +175,10 @@ class Trainer:
         self.crit = nn.CrossEntropyLoss(label_smoothing=cfg.label_smoothing,
                                         check_targets=backend.normalize_device(cfg.device) == "cpu")
         if not cfg.fitted:
-            st = ev = st_early = None
-            if cfg.time_budget is not None:
-                st, ev = workers.probe(self, images, labels)
-                if cfg.early_crop:
-                    c = cfg.early_crop
-                    st_early = workers.probe(self, images[:, :c, :c], labels)[0]
-            cfg.fitted = fit_schedule(cfg, steps_per_epoch, len(self.test_data[1]), st, ev,
-                                      spent_s=self.clock() - self._t_start,
-                                      early_step_time=st_early)
-            if cfg.fitted["total_steps"] == 0:
-                raise ConfigError(budget.too_small(cfg, cfg.fitted, len(self.test_data[1])))
-            self._log_plan()
+            cfg.fitted = budget.plan(cfg, lambda x: workers.probe(self, x, labels), images,
+                                     steps_per_epoch, len(self.test_data[1]),
+                                     lambda: self.clock() - self._t_start)
+            self.log(budget.plan_line(cfg, self.clock() - self._t_start))
         self.epoch, self.step, self.best_acc, self.history = 0, 0, -1.0, []
         self.sched, total = self._schedule(cfg.fitted["total_steps"])
         if total != cfg.fitted["total_steps"]:
@@ -303,9 +294,6 @@ class Trainer:
             bar.update(1)
         bar.close()
         return loss_sum / max(seen, 1), correct / max(seen, 1), seen / (time.perf_counter() - t0)
-
-    def _log_plan(self):
-        self.log(budget.plan_line(self.cfg, self.clock() - self._t_start))
 
     def _schedule(self, total):
         """The schedule over ``total`` steps, and that total.  A budget can fit

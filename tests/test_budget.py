@@ -211,14 +211,13 @@ def test_time_budget_defaults_to_the_budget_recipe_and_flags_override_it(tmp_pat
         seen["cfg"] = cfg
         raise Stop
     monkeypatch.setattr(tr, "Trainer", fake_trainer)
-    for argv in (["--time-budget", "15"], ["--time-budget", "15", "--ema", "0", "--tta", "none"],
-                 []):
+    for argv in (["--time-budget", "15"], ["--time-budget", "15", "--tta", "none"], []):
         with pytest.raises(Stop):
             ct.run_train(ct_args(argv, tmp_path))
         cfg = seen["cfg"]
         if argv == ["--time-budget", "15"]:
-            assert (cfg.batch_size, cfg.ema, cfg.tta, cfg.eval_every) == (256, 0.99, "flip", 0)
-            assert cfg.no_decay_bn_bias and cfg.anneal == "linear"
+            assert (cfg.batch_size, cfg.ema, cfg.tta, cfg.eval_every) == (256, 0.0, "flip", 0)
+            assert cfg.no_decay_bn_bias and cfg.anneal == "linear" and cfg.early_crop == 24
         elif argv:
             assert (cfg.ema, cfg.tta, cfg.batch_size) == (0.0, "none", 256)
         else:  # no budget: the fast recipe, as before

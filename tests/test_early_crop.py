@@ -83,6 +83,11 @@ def test_a_budget_with_cheaper_early_steps_still_ends_in_time(tmp_path, monkeypa
     assert 0.45 <= f["early_epochs"] / f["epochs"] <= 0.55
     assert f"the first {f['early_epochs']} on 24x24 crops" in logs[0]
     _ends_in_budget(trainer, clock, 2.0)
+    # no refit took the windows' pace for the full-size steps (at the last
+    # window step, all the steps left are full-size: the plan must not jump)
+    import re
+    planned = [int(n) for line in logs for n in re.findall(r"ends after (\d+) steps", line)]
+    assert all(abs(n - f["total_steps"]) <= 0.05 * f["total_steps"] for n in planned), planned
 
 
 def test_early_crop_values_out_of_range_are_refused():

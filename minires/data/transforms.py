@@ -41,23 +41,23 @@ def crop_at(batch, offsets, padding=4, size=None):
     padded image is ``offsets[i]``."""
     _check_batch("crop_at", batch)
     n, h, w, c = batch.shape
-    size = w if size is None else int(size)
-    if not 1 <= size <= min(h, w) + 2 * padding:
+    sh, sw = (h, w) if size is None else (int(size), int(size))
+    if size is not None and not 1 <= sh <= min(h, w) + 2 * padding:
         raise ValueError(f"crop_at: a crop of {size} does not fit {h}x{w} images padded by "
                          f"{padding}")
     padded = batch
     if padding:
         padded = np.zeros((n, h + 2 * padding, w + 2 * padding, c), dtype=batch.dtype)
         padded[:, padding:padding + h, padding:padding + w] = batch
-    out = np.empty((n, size, size, c), dtype=batch.dtype)
+    out = np.empty((n, sh, sw, c), dtype=batch.dtype)
     # Loop over the possible corners (81 for CIFAR's crop), not over images:
     # each corner copies all its images with one strided slice.
-    span = 2 * padding + w - size + 1
+    span = 2 * padding + w - sw + 1
     corner = np.asarray(offsets)[:, 0] * span + np.asarray(offsets)[:, 1]
     for k in np.unique(corner):
         idx = np.flatnonzero(corner == k)
         top, left = divmod(int(k), span)
-        out[idx] = padded[idx, top:top + size, left:left + size]
+        out[idx] = padded[idx, top:top + sh, left:left + sw]
     return out
 
 
