@@ -12,10 +12,11 @@ batch-norm recalibration, and ``end_reserve`` for the last checkpoint
 writes and the exit.  The probe times a bare step on one batch; the real
 loop (loader thread, logging) runs a little slower, and a shared machine
 speeds up and slows down.  So every ``REFIT_EVERY`` steps the trainer
-measures the pace of the steps since the last look and refits the steps
-still to run, up or down (``steps_that_fit``); the schedule is rebuilt over
-the new total at the same step, so the lr still anneals to its end.  The
-run stops when no step fits any more.
+measures the pace of the latest ``PACE_WINDOW`` or more steps (``Pace``,
+evaluations left out) and refits the steps still to run, up or down
+(``refitted_total``); the schedule is rebuilt over the new total at the
+same step, so the lr still anneals to its end.  The run stops when no step
+fits any more.
 """
 import math
 import os
@@ -26,6 +27,8 @@ from .errors import ConfigError
 REFIT_EVERY = 50          # the most steps between looks at the pace (fewer in a short plan)
 RECALIBRATION_BATCHES = 20  # training batches that recompute the EMA's batch-norm statistics
 REFIT_TOLERANCE = 0.005   # refits smaller than this fraction of the plan are not worth an lr jump
+PACE_WINDOW = 20          # the pace is measured over at least this many steps (one is noisy)
+PROBE_EVAL_FACTOR = 1.1   # the probe times the forward alone; an evaluation also normalises
 
 
 def end_reserve(budget_s):
@@ -64,10 +67,6 @@ def evaluations_between(cfg, steps_per_epoch, first_step, last_step):
             ends -= 1  # the run's end is already counted
         n += max(0, ends)
     return n
-
-
-PROBE_EVAL_FACTOR = 1.1  # the probe times the forward alone; an evaluation also normalises
-PACE_WINDOW = 20  # the pace is measured over at least this many steps (one is noisy)
 
 
 def refit_every(fitted):

@@ -21,7 +21,6 @@ def configure_export(p):
     add_ema_argument(p)
 
 
-
 def export_metadata(info):
     """The safetensors metadata (strings only: lists as JSON) for a model
     described by ``minires.inference.checkpoint_info``."""

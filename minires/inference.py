@@ -19,7 +19,7 @@ import os
 import numpy as np
 
 from . import backend
-from .errors import CorruptFileError, MissingFileError, WeightsMismatchError
+from .errors import ConfigError, CorruptFileError, MissingFileError, WeightsMismatchError
 
 IMAGE_SIZE = 32  # every model minires trains sees CIFAR-10's 32x32 images
 
@@ -52,7 +52,7 @@ def checkpoint_weights(state, path, ema=None):
     (``--ema``), True insists on them, False takes the live model's."""
     averaged = (state.get("ema") or {}).get("module")
     if ema and averaged is None:
-        raise CorruptFileError(f"--ema: {path} holds no EMA weights (its run was trained "
+        raise ConfigError(f"--ema: {path} holds no EMA weights (its run was trained "
                                f"without --ema); leave --ema out to use its weights")
     if averaged is not None and ema is not False:
         return averaged, "ema"
@@ -101,7 +101,7 @@ def load_trained(path, device="cpu", ema=None):
                                           if v.dtype.kind == "f"), "float32"),
                               weights=meta.get("weights", "live"), tta=meta.get("tta", "none"))
         if ema is not None and info["weights"] != ("ema" if ema else "live"):
-            raise CorruptFileError(
+            raise ConfigError(
                 f"--{'' if ema else 'no-'}ema: {path} holds the {info['weights']} weights only "
                 f"(an export keeps one set); leave the flag out")
     else:
