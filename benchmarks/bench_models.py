@@ -40,6 +40,8 @@ CASES = {
                          "what": "ResNet-18 forward (eval, no_grad), 8x3x224x224"},
     "resnet20_train_step": {"batch": 128, "size": 32,
                             "what": "ResNet-20 forward + loss + backward, 128x3x32x32"},
+    "resnet56_train_step": {"batch": 128, "size": 32,
+                            "what": "ResNet-56 forward + loss + backward, 128x3x32x32"},
 }
 
 
@@ -102,8 +104,8 @@ def torch_models():
                                                   (0, 0, 0, 0, self.pad, self.pad))
             return F.relu(out + sc)
 
-    class ResNet20(tnn.Module):
-        def __init__(self):
+    class CifarResNet(tnn.Module):
+        def __init__(self, blocks_per_stage):
             super().__init__()
             self.conv1 = tnn.Conv2d(3, 16, 3, 1, 1, bias=False)
             self.bn1 = tnn.BatchNorm2d(16)
@@ -111,7 +113,7 @@ def torch_models():
             for i, c in enumerate((16, 32, 64)):
                 s = 1 if i == 0 else 2
                 setattr(self, f"layer{i + 1}", tnn.Sequential(
-                    Block20(cin, c, s), Block20(c, c, 1), Block20(c, c, 1)))
+                    Block20(cin, c, s), *[Block20(c, c, 1) for _ in range(blocks_per_stage - 1)]))
                 cin = c
             self.linear = tnn.Linear(64, 10)
 
@@ -120,14 +122,16 @@ def torch_models():
             x = self.layer3(self.layer2(self.layer1(x)))
             return self.linear(F.adaptive_avg_pool2d(x, 1).flatten(1))
 
-    return {"resnet18_forward": ResNet18, "resnet20_train_step": ResNet20}
+    return {"resnet18_forward": ResNet18,
+            "resnet20_train_step": lambda: CifarResNet(3),
+            "resnet56_train_step": lambda: CifarResNet(9)}
 
 
 # ---------------------------------------------------------------- one step per framework
 def make_minires_step(case):
     import numpy as np
     import minires
-    from minires.models import resnet18, resnet20
+    from minires.models import resnet18, resnet20, resnet56
     spec = CASES[case]
     minires.manual_seed(0)
     rng = np.random.default_rng(0)
@@ -139,7 +143,7 @@ def make_minires_step(case):
             with minires.no_grad():
                 return model(x)
         return model, x, None, step
-    model = resnet20().train()
+    model = (resnet56() if case == "resnet56_train_step" else resnet20()).train()
     crit = minires.nn.CrossEntropyLoss()
     target = rng.integers(0, 10, spec["batch"])
 
@@ -179,6 +183,7 @@ def make_torch_step(case, state_dict=None, x=None, target=None):
         loss = crit(model(xt), tt)
         loss.backward()
         return loss
+    step.model = model  # for an optimizer over its parameters
     return step
 
 

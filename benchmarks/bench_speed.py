@@ -33,7 +33,9 @@ backward, then pyinstrument's call tree.
 """
 import argparse
 import os
+import json
 import statistics
+import subprocess
 import sys
 import time
 
@@ -159,44 +161,59 @@ def bench_layer(spec, repeats, warmup, rng):
     return row
 
 
-def bench_step(case, repeats, warmup):
-    """A whole step, alternating; wall and CPU medians of both frameworks."""
-    import minires
-    from benchmarks.bench_models import make_minires_step, make_torch_step
-    model, x, target, mr_step = make_minires_step(case)
-    if case == "resnet20_train_step":  # add the SGD update to the timed step
-        opt = minires.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
-        base_step = mr_step
+BLAS_VARIABLES = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 
-        def mr_step():
-            loss = base_step()
-            opt.step()
-            return loss
-    t_model_step = make_torch_step(case, model.state_dict(), x, target)
-    t_step = t_model_step
-    if case == "resnet20_train_step":
-        import torch
-        # make_torch_step keeps its model in a closure; find its parameters there.
-        t_model = next(c.cell_contents for c in t_model_step.__closure__
-                       if isinstance(c.cell_contents, torch.nn.Module)
-                       and len(list(c.cell_contents.parameters())) > 0)
-        t_opt = torch.optim.SGD(t_model.parameters(), lr=0.1, momentum=0.9, weight_decay=1e-4)
 
-        def t_step():
-            loss = t_model_step()
-            t_opt.step()
-            return loss
-    rec = {k: [] for k in ("mr", "t", "mr_cpu", "t_cpu")}
-    for _ in range(warmup):
-        mr_step(), t_step()
-    for r in range(repeats):
-        order = (("mr", mr_step), ("t", t_step)) if r % 2 else (("t", t_step), ("mr", mr_step))
-        for name, step in order:
-            c0, t0 = time.process_time(), time.perf_counter()
-            step()
-            rec[name].append(time.perf_counter() - t0)
-            rec[name + "_cpu"].append(time.process_time() - c0)
-    row = {"case": case}
+class Worker:
+    """One framework's step in its own process (benchmarks/step_worker.py)."""
+
+    def __init__(self, framework, case, threads, native_blas):
+        env = dict(os.environ)
+        if native_blas:  # what a user's machine gets: numpy picks its kernel from the CPU
+            for name in BLAS_VARIABLES:
+                env.pop(name, None)
+        self.proc = subprocess.Popen([sys.executable, "-m", "benchmarks.step_worker", framework,
+                                      case, str(threads)], cwd=REPO, env=env, text=True,
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+        self.ask(None)  # wait for "ready": built, one step run
+
+    def ask(self, command):
+        if command is not None:
+            self.proc.stdin.write(command + "\n")
+            self.proc.stdin.flush()
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError(f"step worker ended (exit status {self.proc.wait()})")
+        return json.loads(line)
+
+    def close(self):
+        self.proc.stdin.write("quit\n")
+        self.proc.stdin.close()
+        self.proc.wait(timeout=60)
+
+
+def bench_step(case, threads, repeats, warmup, native_blas=True):
+    """A whole step, each framework in its own process, alternating rounds (the
+    order flips every round); wall and CPU medians of both."""
+    workers = {"mr": Worker("minires", case, threads, native_blas),
+               "t": Worker("torch", case, threads, native_blas)}
+    try:
+        blas = {k: w.ask("info") for k, w in workers.items()}
+        for w in workers.values():
+            w.ask(f"run {warmup}")
+        rec = {k: [] for k in ("mr", "t", "mr_cpu", "t_cpu")}
+        for r in range(repeats):
+            for name in (("mr", "t") if r % 2 else ("t", "mr")):
+                got = workers[name].ask("run 1")
+                rec[name] += got["wall"]
+                rec[name + "_cpu"] += got["cpu"]
+    finally:
+        for w in workers.values():
+            w.close()
+    row = {"case": case, "blas": "native" if native_blas else "environment",
+           "kernel": next((lib.get("architecture") for lib in blas["mr"]["threadpoolctl"]
+                           if lib.get("internal_api") == "openblas"), None),
+           "blas_env": blas["mr"]["env"]}
     for k, v in rec.items():
         row[k + "_ms"] = _median_ms(v)
         row[k + "_all_ms"] = [1e3 * s for s in v]

@@ -19,6 +19,7 @@ import numpy
 
 from . import backend
 from .grad_mode import no_grad
+from .nn.norm import unfused
 
 __all__ = ["summary", "ModelSummary", "SummaryRow"]
 
@@ -155,7 +156,7 @@ def summary(model, input_size, batch_size=1, dtype="float32", device=None, verbo
         for name, m in model.named_modules():
             wrap(name, m)
         model.eval()
-        with no_grad():
+        with no_grad(), unfused():  # every ReLU call gets its row, as in torch's tools
             model(x)
     finally:
         for m in wrapped:

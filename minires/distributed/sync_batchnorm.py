@@ -59,9 +59,9 @@ class SyncBatchNorm(_BatchNorm):
         return (self.training and self.process_group is not None
                 and self.process_group.world_size > 1)
 
-    def forward(self, x):
+    def forward(self, x, relu=False):
         if not self._synced():
-            return super().forward(x)
+            return super().forward(x, relu=relu)
         self._check(x)
         comm, c = self.process_group, self.num_features
         x3 = x.reshape(x.shape[0], x.shape[1], -1)
@@ -83,7 +83,8 @@ class SyncBatchNorm(_BatchNorm):
         var = xp.asarray(m2_64 / n, dtype=x.dtype)
         weight = self.weight.data if self.weight is not None else None
         bias = self.bias.data if self.bias is not None else None
-        y3, cache = batch_norm_forward(x3, weight, bias, self.eps, batch_mean_var=(mean, var))
+        y3, cache = batch_norm_forward(x3, weight, bias, self.eps, batch_mean_var=(mean, var),
+                                       relu=relu)
         if self.track_running_stats:
             self._update_running_stats(cache, n)
         y = y3.reshape(x.shape)

@@ -36,7 +36,7 @@ from ..nn.conv import Conv2d
 from ..nn.functional.add import add
 from ..nn.linear import Linear
 from ..nn.module import Module, Sequential
-from ..nn.norm import BatchNorm2d
+from ..nn.norm import BatchNorm2d, fused_bn_relu, fused_bn_relu_backward
 from ..nn.pooling import AdaptiveAvgPool2d
 from ..nn.shape import Flatten
 
@@ -104,8 +104,9 @@ class BasicBlock(Module):
         self.bn1 = BatchNorm2d(planes)
         self.conv2 = Conv2d(planes, planes, kernel_size=3, stride=1, padding=1, bias=False)
         self.bn2 = BatchNorm2d(planes)
-        # One ReLU module called twice per forward (torchvision does the same);
-        # its cache stack hands the two calls back in reverse order.
+        # One ReLU module for both ReLUs (torchvision does the same).  The first,
+        # after bn1, runs fused into bn1's pass (fused_bn_relu: the same numbers,
+        # one pass over memory fewer each way).
         self.relu = ReLU()
         if stride == 1 and in_planes == planes:
             self.shortcut = Sequential()  # identity: forward x, backward dy
@@ -121,19 +122,18 @@ class BasicBlock(Module):
             raise ValueError(f"BasicBlock: shortcut must be 'A' or 'B', got {shortcut!r}")
 
     def forward(self, x):
-        out = self.relu(self.bn1(self.conv1(x)))
+        out = fused_bn_relu(self.bn1, self.relu, self.conv1(x))  # relu(bn1(conv1(x)))
         out = self.bn2(self.conv2(out))
         out = add(out, self.shortcut(x))  # out + shortcut(x), on all cores
         return self.relu(out)
 
     def backward(self, dy):
-        d_sum = self.relu.backward(dy)  # the final ReLU (the newest relu cache)
+        d_sum = self.relu.backward(dy)  # the final ReLU
         # out = residual + shortcut(x): an addition passes its gradient unchanged
         # to both terms, so d_sum goes down the residual path AND the shortcut.
         d_res = self.bn2.backward(d_sum)
         d_res = self.conv2.backward(d_res)
-        d_res = self.relu.backward(d_res)
-        d_res = self.bn1.backward(d_res)
+        d_res = fused_bn_relu_backward(self.bn1, self.relu, d_res)  # relu, then bn1
         d_res = self.conv1.backward(d_res)
         d_short = self.shortcut.backward(d_sum)
         # x fed both paths, so its gradient is the sum of the two.  Through an
@@ -156,16 +156,14 @@ class PlainBlock(Module):
         self.relu = ReLU()
 
     def forward(self, x):
-        out = self.relu(self.bn1(self.conv1(x)))
-        return self.relu(self.bn2(self.conv2(out)))
+        out = fused_bn_relu(self.bn1, self.relu, self.conv1(x))  # relu(bn1(conv1(x)))
+        return fused_bn_relu(self.bn2, self.relu, self.conv2(out))
 
     def backward(self, dy):
         # A single path: the gradient has no way around the layers.
-        d = self.relu.backward(dy)
-        d = self.bn2.backward(d)
+        d = fused_bn_relu_backward(self.bn2, self.relu, dy)
         d = self.conv2.backward(d)
-        d = self.relu.backward(d)
-        d = self.bn1.backward(d)
+        d = fused_bn_relu_backward(self.bn1, self.relu, d)
         return self.conv1.backward(d)
 
 
@@ -209,7 +207,7 @@ class CifarResNet(Module):
         self.linear = module
 
     def forward(self, x):
-        out = self.relu(self.bn1(self.conv1(x)))
+        out = fused_bn_relu(self.bn1, self.relu, self.conv1(x))  # relu(bn1(conv1(x)))
         out = self.layer1(out)
         out = self.layer2(out)
         out = self.layer3(out)
@@ -224,8 +222,7 @@ class CifarResNet(Module):
         d = self.layer3.backward(d)
         d = self.layer2.backward(d)
         d = self.layer1.backward(d)
-        d = self.relu.backward(d)
-        d = self.bn1.backward(d)
+        d = fused_bn_relu_backward(self.bn1, self.relu, d)
         return self.conv1.backward(d)
 
 

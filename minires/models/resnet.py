@@ -15,6 +15,7 @@ from .. import nn
 from ..nn import init
 from ..nn.checks import check_input
 from ..nn.functional.add import add
+from ..nn.norm import fused_bn_relu, fused_bn_relu_backward
 
 __all__ = ["ResNet", "BasicBlock", "Bottleneck",
            "resnet18", "resnet34", "resnet50", "resnet101", "resnet152"]
@@ -42,8 +43,8 @@ class _ResidualBlock(nn.Module):
         # A new array, not ``out += identity``: ``out`` is the last BN's output and
         # a layer may keep its output in the cache for backward.
         out = add(out, identity)  # out + identity, on all cores
-        # The second call of the one ReLU module (the first is inside F): its
-        # cache goes on top of the stack, so backward pops it first.
+        # The ReLU module's own call (those inside F run fused into their
+        # batch norms: fused_bn_relu).
         return self.relu(out)
 
     def backward(self, dy):
@@ -75,12 +76,12 @@ class BasicBlock(_ResidualBlock):
         return self.bn2
 
     def _residual_forward(self, x):
-        out = self.relu(self.bn1(self.conv1(x)))
+        out = fused_bn_relu(self.bn1, self.relu, self.conv1(x))  # relu(bn1(conv1(x)))
         return self.bn2(self.conv2(out))
 
     def _residual_backward(self, d):
         d = self.conv2.backward(self.bn2.backward(d))
-        return self.conv1.backward(self.bn1.backward(self.relu.backward(d)))
+        return self.conv1.backward(fused_bn_relu_backward(self.bn1, self.relu, d))
 
 
 class Bottleneck(_ResidualBlock):
@@ -106,16 +107,16 @@ class Bottleneck(_ResidualBlock):
         return self.bn3
 
     def _residual_forward(self, x):
-        out = self.relu(self.bn1(self.conv1(x)))
-        out = self.relu(self.bn2(self.conv2(out)))
+        out = fused_bn_relu(self.bn1, self.relu, self.conv1(x))  # relu(bn1(conv1(x)))
+        out = fused_bn_relu(self.bn2, self.relu, self.conv2(out))
         return self.bn3(self.conv3(out))
 
     def _residual_backward(self, d):
-        # The ReLU module was called three times (bn1, bn2, after the sum); the
-        # block's backward already popped the last, these pop the other two.
+        # The ReLUs after bn1 and bn2 ran fused into those batch norms (their
+        # caches hold the masks); the block's backward already undid the last.
         d = self.conv3.backward(self.bn3.backward(d))
-        d = self.conv2.backward(self.bn2.backward(self.relu.backward(d)))
-        return self.conv1.backward(self.bn1.backward(self.relu.backward(d)))
+        d = self.conv2.backward(fused_bn_relu_backward(self.bn2, self.relu, d))
+        return self.conv1.backward(fused_bn_relu_backward(self.bn1, self.relu, d))
 
 
 class ResNet(nn.Module):
@@ -183,7 +184,7 @@ class ResNet(nn.Module):
 
     def forward(self, x):
         self._check_input(x)
-        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.maxpool(fused_bn_relu(self.bn1, self.relu, self.conv1(x)))
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
         x = self.avgpool(x)
         pooled_shape = x.shape
@@ -201,7 +202,7 @@ class ResNet(nn.Module):
         for layer in (self.layer4, self.layer3, self.layer2, self.layer1):
             d = layer.backward(d)  # Sequential: its blocks in reverse order
         d = self.maxpool.backward(d)
-        return self.conv1.backward(self.bn1.backward(self.relu.backward(d)))
+        return self.conv1.backward(fused_bn_relu_backward(self.bn1, self.relu, d))
 
 
 def _resnet(block, layers, num_classes, zero_init_residual, **kwargs):

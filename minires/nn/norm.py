@@ -5,6 +5,8 @@ functional/norm.py.  Training normalises with the batch's statistics and
 updates the running averages (unbiased variance, like torch); eval uses the
 running averages, unless the layer tracks none (then always the batch's).
 """
+import contextlib
+
 from .. import backend
 from .checks import check_input, whole
 from .functional.norm import batch_norm_forward, batch_norm_backward, update_running_stats
@@ -48,7 +50,10 @@ class _BatchNorm(Module):
         like = self.weight.data if self.weight is not None else self.running_mean
         check_input(self._name(), x, self._input_ndims, channels=self.num_features, like=like)
 
-    def forward(self, x):
+    def forward(self, x, relu=False):
+        """Batch norm of x; ``relu=True`` returns relu(batch_norm(x)) made in
+        the same pass over memory (``backward`` then undoes both: see
+        ``fused_bn_relu``)."""
         self._check(x)
         x3 = x.reshape(x.shape[0], x.shape[1], -1)  # (N, C, M): a view when contiguous
         use_batch_stats = self.training or self.running_mean is None
@@ -62,10 +67,10 @@ class _BatchNorm(Module):
         weight = self.weight.data if self.weight is not None else None
         bias = self.bias.data if self.bias is not None else None
         if use_batch_stats:
-            y3, cache = batch_norm_forward(x3, weight, bias, self.eps)
+            y3, cache = batch_norm_forward(x3, weight, bias, self.eps, relu=relu)
         else:
             y3, cache = batch_norm_forward(x3, weight, bias, self.eps,
-                                           self.running_mean, self.running_var)
+                                           self.running_mean, self.running_var, relu=relu)
         if self.training and self.track_running_stats:
             self._update_running_stats(cache, n)
         y = y3.reshape(x.shape)
@@ -96,6 +101,52 @@ class _BatchNorm(Module):
         return (f"{self.num_features}, eps={self.eps}, momentum={self.momentum}, "
                 f"affine={self.affine}, bias={self.bias is not None}, "
                 f"track_running_stats={self.track_running_stats}")
+
+
+_fusing = [True]
+
+
+@contextlib.contextmanager
+def unfused():
+    """Inside this block ``fused_bn_relu`` makes two module calls, bn then relu,
+    as the unfused model would: ``summary`` lists every ReLU call, as torch's
+    tools do.  The numbers are the same either way."""
+    _fusing.append(False)
+    try:
+        yield
+    finally:
+        _fusing.pop()
+
+
+def _fused_last(bn):
+    """True when bn's newest forward applied the ReLU itself (relu=True)."""
+    if not bn._caches:
+        return False
+    cache = bn._caches[-1][-1]
+    cache = getattr(cache, "bn", cache)  # SyncBatchNorm wraps the op's cache
+    return getattr(cache, "relu_mask", None) is not None
+
+
+def fused_bn_relu(bn, relu, x):
+    """relu(bn(x)), in one pass over memory when ``bn`` is a batch norm.
+
+    The models' blocks call this where a ReLU follows a batch norm; their
+    backward calls ``fused_bn_relu_backward`` with the same modules.  The
+    numbers are the same bits as ``relu(bn(x))`` (tests/nn/test_fused_bn_relu.py):
+    the ReLU runs on each chunk of the batch norm's output while it is still
+    in the cache, instead of in a pass of its own that reads and writes the
+    whole activation again (and likewise backward).  Any other module in
+    ``bn``'s place (a user's replacement) runs as two calls."""
+    if isinstance(bn, _BatchNorm) and _fusing[-1]:
+        return bn(x, relu=True)
+    return relu(bn(x))
+
+
+def fused_bn_relu_backward(bn, relu, dy):
+    """The backward of ``fused_bn_relu(bn, relu, x)``: dL/dx from dL/d(output)."""
+    if isinstance(bn, _BatchNorm) and _fused_last(bn):
+        return bn.backward(dy)  # the ReLU's mask is in bn's cache
+    return bn.backward(relu.backward(dy))
 
 
 class BatchNorm1d(_BatchNorm):
