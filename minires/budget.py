@@ -22,6 +22,7 @@ import math
 import os
 import time
 
+from . import backend, sysinfo
 from .errors import ConfigError
 
 REFIT_EVERY = 50          # the most steps between looks at the pace (fewer in a short plan)
@@ -225,7 +226,9 @@ def plan_line(cfg, spent_s):
                  f"{1000 * f['step_time_s']:.0f} ms per step{early} and "
                  f"{1000 * f['eval_s_per_image']:.2f} ms per test image; loading and "
                  f"the probe took {spent_s:.0f} s")
-    return line
+    # an environment that forces an older BLAS kernel: say so where the plan is read
+    warning = sysinfo.kernel_warning() if backend.normalize_device(cfg.device) == "cpu" else None
+    return line if warning is None else line + "\n" + warning
 
 
 def used_line(cfg, used_s, steps, last_eval_s):

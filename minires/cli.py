@@ -64,6 +64,19 @@ def run_summary(args):
     return 0
 
 
+# ---------------------------------------------------------------- info
+def add_info_arguments(p):
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+
+
+def run_info(args):
+    import json
+    from . import sysinfo
+    report = sysinfo.report()
+    print(json.dumps(report, indent=2) if args.json else sysinfo.format_report(report))
+    return 0
+
+
 # name -> (help, add_arguments, run)
 SUBCOMMANDS = {
     "train": ("train a model on CIFAR-10 (progress, checkpoints, resume)",
@@ -80,6 +93,8 @@ SUBCOMMANDS = {
                cli_export.configure_export, cli_export.run_export),
     "predict": ("top classes and probabilities of image files by a trained model",
                 cli_predict.configure_predict, cli_predict.run_predict),
+    "info": ("what decides speed here: numpy's BLAS and its kernel, threads, cores, GPU, MPI",
+             add_info_arguments, run_info),
 }
 
 

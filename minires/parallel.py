@@ -99,23 +99,28 @@ def share_cores(processes):
 
 # ---------------------------------------------------------------- BLAS threads
 
-def _blas_setters():
-    """set_num_threads functions of the BLAS libraries loaded in this process
-    (OpenBLAS under its usual and its scipy-openblas names, MKL)."""
-    names = ("openblas_set_num_threads", "scipy_openblas_set_num_threads64_",
-             "scipy_openblas_set_num_threads", "openblas_set_num_threads64_",
-             "MKL_Set_Num_Threads")
+def blas_library_paths():
+    """Paths of the BLAS libraries loaded in this process (OpenBLAS under its
+    usual and its scipy-openblas names, MKL), from /proc/self/maps; not the
+    ones a torch wheel ships in torch/lib (torch's threads are torch's
+    business: tests and benchmarks run both)."""
     try:
         with open("/proc/self/maps") as f:
             paths = {line.split()[-1] for line in f}
     except OSError:
         paths = set()
-    # BLAS libraries by file name; not the ones a torch wheel ships in torch/lib
-    # (torch's threads are torch's business: tests and benchmarks run both)
     paths = {p for p in paths if any(k in os.path.basename(p).lower() for k in ("blas", "mkl"))
              and "/torch/" not in p}
+    return sorted(p for p in paths if p.startswith("/"))
+
+
+def _blas_setters():
+    """set_num_threads functions of the BLAS libraries loaded in this process."""
+    names = ("openblas_set_num_threads", "scipy_openblas_set_num_threads64_",
+             "scipy_openblas_set_num_threads", "openblas_set_num_threads64_",
+             "MKL_Set_Num_Threads")
     setters = []
-    for path in sorted(p for p in paths if p.startswith("/")):
+    for path in blas_library_paths():
         try:
             lib = ctypes.CDLL(path)
         except OSError:
