@@ -1,31 +1,34 @@
-"""CPU speed: every ResNet layer type, then whole steps, minires vs torch, one table.
+"""CPU speed: whole steps, minires vs torch, each framework in its own process.
 
-    python -m benchmarks.bench_speed                 # 1 thread, then 2 (or all usable cores)
-    python -m benchmarks.bench_speed --threads 1     # one setting only
+    env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python -m benchmarks.bench_speed
+    python -m benchmarks.bench_speed --threads 2 --cases resnet20_train_step --no-memory
+    python -m benchmarks.bench_speed --layers        # plus every layer type (diagnostic)
     python -m benchmarks.bench_speed --profile benchmarks/results/profile_after.txt
 
 Method
-* Layers at the shapes they have in ResNet-20 (batch 128, 32x32) and
-  ResNet-18 (batch 8, 224x224), forward and backward timed separately.
-  Both frameworks get contiguous NCHW inputs (what their networks pass
-  between layers).  ``--channels-last`` gives minires NHWC memory instead
-  (for experiments with a channels-last conv; the current one is NCHW).
-* Whole steps: the ResNet-20 train step (forward, loss, backward, SGD update)
-  and the ResNet-18 eval forward, built by benchmarks/bench_models.py (same
-  weights and inputs in both frameworks).
-* Both frameworks on the same thread count: torch.set_num_threads, and
-  minires.set_num_threads (its batch-chunk threads, numpy's BLAS on one
-  thread, set by minires).  No threadpoolctl limit: it would cap torch's
-  OpenMP pool as well.  The headline is all cores.  After warm-up the two alternate (the
-  order flips every round), and medians are reported, of wall time and of
-  process CPU time (steadier when other jobs share the cores).
+* Steps: the ResNet-20 and ResNet-56 train steps (batch 128, 32x32: forward,
+  loss, backward, SGD update) and the ResNet-18 eval forward (batch 8,
+  224x224), built by benchmarks/bench_models.py.  Each framework runs in a
+  process of its own (benchmarks/step_worker.py): in one process, torch's
+  OpenMP threads spin-wait after each op and take a core from minires's
+  threads, and the two share allocator settings.  The parent asks the two
+  workers in turn, one step each, the order flipping every round, so the
+  machine's load drifts over both alike; medians of wall and CPU time.
+* Thread counts: 1 and all usable cores (the headline: what a user gets).
+  torch gets n intra-op threads; minires n batch-chunk threads with numpy's
+  BLAS on one thread (minires.parallel).
+* BLAS kernel: the workers run with OPENBLAS_CORETYPE and OPENBLAS_L2_SIZE
+  unset ('native': OpenBLAS picks the kernel for this CPU, as on a user's
+  machine), plus one all-cores ResNet-20 row with OPENBLAS_CORETYPE forced
+  (``--forced-kernel``, default Haswell: what the environments of earlier
+  benchmark machines set).  The kernel threadpoolctl reports in the minires
+  worker is recorded in each row; the machine section records every
+  OPENBLAS_*/OMP_* variable of the parent.
 * Peak memory of each step: a fresh subprocess per framework
   (bench_models.measure_memory: VmHWM growth after the imports, two steps).
-* The BLAS in use and every OPENBLAS_*/OMP_* variable are recorded with the
-  results (benchmarks/machine.py).  On machines where OPENBLAS_CORETYPE or
-  OPENBLAS_L2_SIZE is set, run this with both unset for that command alone
-  (``env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python -m ...``) and check
-  the "architecture" threadpoolctl reports in the machine section.
+* ``--layers``: every layer type at its ResNet-20 / ResNet-18 shape, forward
+  and backward timed separately, both frameworks in THIS process: a
+  diagnostic for finding slow layers, not a figure to quote.
 
 ``--profile FILE [--threads N]`` instead profiles minires's ResNet-20 train
 step (1 thread unless --threads): wall time per layer type, forward and
@@ -162,16 +165,19 @@ def bench_layer(spec, repeats, warmup, rng):
 
 
 BLAS_VARIABLES = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
+PAUSE_S = 0.2  # idle time before each timed step, so that neither starts on the other's heels
+PAIRS = 3     # fresh pairs of worker processes per row (see bench_step)
 
 
 class Worker:
     """One framework's step in its own process (benchmarks/step_worker.py)."""
 
-    def __init__(self, framework, case, threads, native_blas):
+    def __init__(self, framework, case, threads, forced_kernel=None):
         env = dict(os.environ)
-        if native_blas:  # what a user's machine gets: numpy picks its kernel from the CPU
-            for name in BLAS_VARIABLES:
-                env.pop(name, None)
+        for name in BLAS_VARIABLES:  # native: numpy picks its kernel from the CPU, as a user's does
+            env.pop(name, None)
+        if forced_kernel:  # what the environments of these machines forced before
+            env["OPENBLAS_CORETYPE"] = forced_kernel
         self.proc = subprocess.Popen([sys.executable, "-m", "benchmarks.step_worker", framework,
                                       case, str(threads)], cwd=REPO, env=env, text=True,
                                      stdin=subprocess.PIPE, stdout=subprocess.PIPE)
@@ -192,28 +198,39 @@ class Worker:
         self.proc.wait(timeout=60)
 
 
-def bench_step(case, threads, repeats, warmup, native_blas=True):
+def bench_step(case, threads, repeats, warmup, forced_kernel=None, pause_s=PAUSE_S, pairs=PAIRS):
     """A whole step, each framework in its own process, alternating rounds (the
-    order flips every round); wall and CPU medians of both."""
-    workers = {"mr": Worker("minires", case, threads, native_blas),
-               "t": Worker("torch", case, threads, native_blas)}
-    try:
-        blas = {k: w.ask("info") for k, w in workers.items()}
-        for w in workers.values():
-            w.ask(f"run {warmup}")
-        rec = {k: [] for k in ("mr", "t", "mr_cpu", "t_cpu")}
-        for r in range(repeats):
-            for name in (("mr", "t") if r % 2 else ("t", "mr")):
-                got = workers[name].ask("run 1")
-                rec[name] += got["wall"]
-                rec[name + "_cpu"] += got["cpu"]
-    finally:
-        for w in workers.values():
-            w.close()
-    row = {"case": case, "blas": "native" if native_blas else "environment",
+    order flips every round), in ``pairs`` fresh pairs of processes one after
+    the other; wall and CPU medians of both over every round.  Why several
+    pairs: the same minires worker ran its 2-thread ResNet-20 step in 404 ms in
+    one process and 327-336 ms in the next three (each steady within itself),
+    so one process's figure can be an outlier of the machine, not of the code."""
+    rec = {k: [] for k in ("mr", "t", "mr_cpu", "t_cpu")}
+    per_pair = []
+    for _ in range(pairs):
+        workers = {"mr": Worker("minires", case, threads, forced_kernel),
+                   "t": Worker("torch", case, threads, forced_kernel)}
+        try:
+            blas = {k: w.ask("info") for k, w in workers.items()}
+            for w in workers.values():
+                w.ask(f"run {warmup}")
+            got_pair = {"mr": [], "t": []}
+            for r in range(repeats):
+                for name in (("mr", "t") if r % 2 else ("t", "mr")):
+                    time.sleep(pause_s)  # the machine settles between the two (see PAUSE_S)
+                    got = workers[name].ask("run 1")
+                    rec[name] += got["wall"]
+                    rec[name + "_cpu"] += got["cpu"]
+                    got_pair[name] += got["wall"]
+        finally:
+            for w in workers.values():
+                w.close()
+        per_pair.append({k: _median_ms(v) for k, v in got_pair.items()})
+    row = {"case": case, "threads": threads,
+           "blas": f"forced {forced_kernel}" if forced_kernel else "native",
            "kernel": next((lib.get("architecture") for lib in blas["mr"]["threadpoolctl"]
                            if lib.get("internal_api") == "openblas"), None),
-           "blas_env": blas["mr"]["env"]}
+           "blas_env": blas["mr"]["env"], "pairs": per_pair}
     for k, v in rec.items():
         row[k + "_ms"] = _median_ms(v)
         row[k + "_all_ms"] = [1e3 * s for s in v]
@@ -230,8 +247,10 @@ def profile(path, threads=1, steps=3):
     import minires
     from threadpoolctl import threadpool_limits
     from benchmarks.bench_models import make_minires_step
+    from minires import heap
     limiter = threadpool_limits(limits=1)  # noqa: F841
     minires.set_num_threads(threads)
+    heap.keep_freed_memory()  # as the minires commands do
     model, _, _, step = make_minires_step("resnet20_train_step")
     spent = collections.defaultdict(float)
 
@@ -290,23 +309,26 @@ def profile(path, threads=1, steps=3):
 
 
 # ---------------------------------------------------------------- report
+CASE_NAMES = {"resnet20_train_step": "ResNet-20 train step, batch 128, 32x32",
+              "resnet56_train_step": "ResNet-56 train step, batch 128, 32x32",
+              "resnet18_forward": "ResNet-18 eval forward, batch 8, 224x224"}
+
+
 def headline(step_rows):
-    """One row per step: one thread and all cores side by side (the headline is
-    what a user gets: all cores)."""
-    counts = sorted({r["threads"] for r in step_rows})
-    one, most = counts[0], counts[-1]
-    out = [f"| whole step | {one} thread: minires ms | torch ms | ratio | "
-           f"all {most} cores: minires ms | torch ms | **ratio** |",
-           "|---|---:|---:|---:|---:|---:|---:|"]
-    for case in dict.fromkeys(r["case"] for r in step_rows):
-        a = next(r for r in step_rows if r["case"] == case and r["threads"] == one)
-        b = next(r for r in step_rows if r["case"] == case and r["threads"] == most)
-        out.append(f"| {case} | {a['mr_ms']:.0f} | {a['t_ms']:.0f} | {a['ratio']:.2f} | "
-                   f"{b['mr_ms']:.0f} | {b['t_ms']:.0f} | **{b['ratio']:.2f}** |")
+    """One row per (case, thread count, BLAS kernel): minires, torch, the ratio."""
+    out = ["| step | threads | numpy's BLAS kernel | minires ms | torch ms | **ratio** | "
+           "ratio of CPU time | minires peak MiB | torch peak MiB |",
+           "|---|---:|---|---:|---:|---:|---:|---:|---:|"]
+    for r in step_rows:
+        mem = (f"{r['minires_peak_mib']:.0f} | {r['torch_peak_mib']:.0f}"
+               if "minires_peak_mib" in r else "- | -")
+        out.append(f"| {CASE_NAMES[r['case']]} | {r['threads']} | {r['kernel']} ({r['blas']}) | "
+                   f"{r['mr_ms']:.0f} | {r['t_ms']:.0f} | **{r['ratio']:.2f}** | "
+                   f"{r['ratio_cpu']:.2f} | {mem} |")
     return "\n".join(out)
 
 
-def markdown(layer_rows, step_rows):
+def markdown(layer_rows):
     out = ["| threads | network | layer | input | minires fwd ms | torch fwd ms | ratio fwd | "
            "minires bwd ms | torch bwd ms | ratio bwd | ratio CPU f+b |",
            "|---:|---|---|---|---:|---:|---:|---:|---:|---:|---:|"]
@@ -315,25 +337,23 @@ def markdown(layer_rows, step_rows):
                    f"{r['mr_fwd_ms']:.2f} | {r['t_fwd_ms']:.2f} | {r['ratio_fwd']:.2f} | "
                    f"{r['mr_bwd_ms']:.2f} | {r['t_bwd_ms']:.2f} | {r['ratio_bwd']:.2f} | "
                    f"{r['ratio_cpu']:.2f} |")
-    out += ["", "| threads | whole step | minires ms | torch ms | ratio | ratio CPU time | "
-            "minires peak MiB | torch peak MiB |", "|---:|---|---:|---:|---:|---:|---:|---:|"]
-    for r in step_rows:
-        mem = (f"{r['minires_peak_mib']:.0f} | {r['torch_peak_mib']:.0f}"
-               if "minires_peak_mib" in r else "- | -")
-        out.append(f"| {r['threads']} | {r['case']} | {r['mr_ms']:.0f} | {r['t_ms']:.0f} | "
-                   f"{r['ratio']:.2f} | {r['ratio_cpu']:.2f} | {mem} |")
     return "\n".join(out)
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--threads", default=None, help="comma-separated, e.g. 1,2 (default: 1 and all)")
-    ap.add_argument("--layer-threads", default=None,
-                    help="thread counts for the per-layer rows (default: the same as --threads)")
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--step-repeats", type=int, default=5)
-    ap.add_argument("--warmup", type=int, default=1)
-    ap.add_argument("--no-layers", action="store_true")
+    ap.add_argument("--cases", default="resnet20_train_step,resnet56_train_step,resnet18_forward")
+    ap.add_argument("--forced-kernel", default="Haswell",
+                    help="also run the all-cores ResNet-20 step with OPENBLAS_CORETYPE set to this "
+                         "('' for none): what the environments of earlier benchmark machines forced")
+    ap.add_argument("--step-repeats", type=int, default=7, help="rounds per pair of processes")
+    ap.add_argument("--pairs", type=int, default=PAIRS, help="fresh pairs of processes per row")
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--layers", action="store_true",
+                    help="also time every layer type, both frameworks in THIS process (a "
+                         "diagnostic: the step rows, each framework in its own process, are the figures)")
+    ap.add_argument("--repeats", type=int, default=3, help="per-layer repeats (--layers)")
     ap.add_argument("--no-memory", action="store_true")
     ap.add_argument("--no-write", action="store_true")
     ap.add_argument("--profile", metavar="FILE")
@@ -344,57 +364,71 @@ def main(argv=None):
     if args.profile:
         return profile(args.profile, int(args.threads or 1))
 
-    import torch  # noqa: F401  (imported before timing starts)
-    from benchmarks.bench_models import measure_memory, pin_threads
+    from benchmarks.bench_models import measure_memory
     from benchmarks.machine import machine_info, write_results
     machine = machine_info()
     cores = len(os.sched_getaffinity(0))
     threads = ([int(t) for t in args.threads.split(",")] if args.threads
                else sorted({1, cores}))
-    rng = np.random.default_rng(0)
-    layer_rows, step_rows = [], []
-    for n in threads:
-        pin_threads(n)  # n cores for each framework, each its own way (see there)
-        layer_threads = (args.layer_threads.split(",") if args.layer_threads
-                         else [str(t) for t in threads])
-        if not args.no_layers and str(n) in layer_threads:
-            for spec in LAYERS:
-                row = dict(bench_layer(spec, args.repeats, args.warmup, rng), threads=n)
-                layer_rows.append(row)
-                print(f"[{n} thr] {row['network']} {row['layer']}: fwd {row['ratio_fwd']:.2f}, "
-                      f"bwd {row['ratio_bwd']:.2f}, cpu {row['ratio_cpu']:.2f}", flush=True)
-        for case in ("resnet20_train_step", "resnet18_forward"):
-            row = dict(bench_step(case, args.step_repeats, args.warmup), threads=n)
-            step_rows.append(row)
-            print(f"[{n} thr] {case}: minires {row['mr_ms']:.0f} ms, torch {row['t_ms']:.0f} ms, "
-                  f"ratio {row['ratio']:.2f} (CPU {row['ratio_cpu']:.2f})", flush=True)
-    if not args.no_memory:  # peak memory does not depend on timing noise: once, at the last count
+    cases = args.cases.split(",")
+    load_start = list(os.getloadavg())
+    runs = [(case, n, None) for n in sorted(threads, reverse=True) for case in cases]
+    if args.forced_kernel:
+        runs.append(("resnet20_train_step", max(threads), args.forced_kernel))
+    step_rows = []
+    for case, n, forced in runs:
+        row = bench_step(case, n, args.step_repeats, args.warmup, forced, pairs=args.pairs)
+        step_rows.append(row)
+        print(f"[{n} thr, {row['kernel']}] {case}: minires {row['mr_ms']:.0f} ms, torch "
+              f"{row['t_ms']:.0f} ms, ratio {row['ratio']:.2f} (CPU {row['ratio_cpu']:.2f}); "
+              "per pair " + ", ".join(f"{p['mr']:.0f}/{p['t']:.0f}" for p in row["pairs"]),
+              flush=True)
+    if not args.no_memory:  # peak memory does not depend on timing noise: once, on all cores
         for row in step_rows:
-            if row["threads"] == threads[-1]:
+            if row["threads"] == max(threads) and row["blas"] == "native":
                 for fw in ("minires", "torch"):
                     mem = measure_memory(fw, row["case"], row["threads"])
                     row[f"{fw}_peak_mib"] = mem["peak_minus_baseline_bytes"] / 2**20
                 print(f"{row['case']} peak MiB: minires {row['minires_peak_mib']:.0f}, "
                       f"torch {row['torch_peak_mib']:.0f}", flush=True)
-    table = headline(step_rows) + "\n\n" + markdown(layer_rows, step_rows)
+    layer_rows = []
+    if args.layers:
+        import torch  # noqa: F401
+        from benchmarks.bench_models import pin_threads
+        rng = np.random.default_rng(0)
+        for n in threads:
+            pin_threads(n)
+            for spec in LAYERS:
+                layer_rows.append(dict(bench_layer(spec, args.repeats, 1, rng), threads=n))
+    table = headline(step_rows)
+    if layer_rows:
+        table += ("\n\nPer layer, both frameworks in one process (a diagnostic; they disturb "
+                  "each other there):\n\n" + markdown(layer_rows))
     load_end = list(os.getloadavg())
     print()
     print(table)
     if args.no_write:
         return 0
-    notes = (f"Medians of {args.repeats} (layers) / {args.step_repeats} (steps) alternating runs "
-             f"after {args.warmup} warm-up; ratio = minires / torch (lower is better for minires). "
-             "The ResNet-20 step includes the loss, backward and an SGD update (momentum 0.9, "
-             "weight decay) in both frameworks; ResNet-18 is an eval forward under no_grad. "
-             "Peak memory: VmHWM growth after the imports, in a fresh process per framework "
-             "(two steps, no optimizer). Each framework gets n cores its own way: torch "
-             "its intra-op threads, minires its batch-chunk threads (minires.parallel) with "
-             "numpy's BLAS on one thread. With more than one thread the CPU-time ratio counts "
-             "both cores, so the wall-time ratio is the one that matters; every time is in "
-             f"the JSON. Load average (1, 5, 15 min) at the end: {[round(v, 2) for v in load_end]}.")
-    md = "# CPU speed: minires vs torch, per layer and per step\n\n" + table + "\n\n" + notes + "\n"
-    paths = write_results("bench_speed", {"layers": layer_rows, "steps": step_rows}, md,
+    notes = (f"Each framework runs in its own process (benchmarks/step_worker.py); each row "
+             f"takes {args.pairs} fresh pairs of processes, one after the other; in each, after "
+             f"{args.warmup} warm-up steps, the two alternate for {args.step_repeats} rounds (the "
+             "order flips every round, 0.2 s idle before each step); medians over all rounds "
+             "(each pair's medians are in the JSON); ratio = minires / torch (lower is better for minires). A train step "
+             "is forward, loss, backward and an SGD update (momentum 0.9, weight decay) in "
+             "both; ResNet-18 is an eval forward under no_grad. 'native': OPENBLAS_CORETYPE and "
+             "OPENBLAS_L2_SIZE unset in the workers, so numpy's OpenBLAS picks the kernel for "
+             "this CPU, as on a user's machine; 'forced': OPENBLAS_CORETYPE set as the "
+             "environments of earlier benchmark machines did. The kernel column is what "
+             "threadpoolctl reported inside minires's worker. Each framework gets n cores its "
+             "own way: torch its intra-op threads, minires its batch-chunk threads "
+             "(minires.parallel) with numpy's BLAS on one thread. Peak memory: VmHWM growth "
+             "after the imports in a fresh process per framework (two steps, no optimizer). "
+             f"Load average (1, 5, 15 min) at the start {[round(v, 2) for v in load_start]}, "
+             f"at the end {[round(v, 2) for v in load_end]}.")
+    md = "# CPU speed: minires vs torch, whole steps\n\n" + table + "\n\n" + notes + "\n"
+    paths = write_results("bench_speed", {"steps": step_rows, "layers": layer_rows}, md,
                           machine=machine, extra={"threads": threads, "notes": notes,
+                                                  "load_average_start": load_start,
                                                   "load_average_end": load_end})
     print("wrote", *paths)
     return 0
