@@ -78,7 +78,7 @@ def main(argv=None):
                     help="read this results file of bench_accuracy instead of running")
     ap.add_argument("--data", default=None)
     args = ap.parse_args(argv)
-    source = args.source or "bench_loop"
+    source = args.source or "bench_loop_runs"
     if args.source is None:
         for framework in ("minires", "torch"):
             cmd = [sys.executable, "-m", "benchmarks.bench_accuracy", "--budget", str(args.budget),
@@ -88,10 +88,9 @@ def main(argv=None):
     data = json.load(open(os.path.join(RESULTS_DIR, f"{source}.json")))
     rows, md = table(data["runs"], source)
     print(md)
-    if args.source is None:  # the runs' own file keeps them; this adds the table beside it
-        write_results("bench_loop_table", {"rows": rows, "source": source},
-                      "# The training loop: images per second, minires vs torch\n\n" + md,
-                      machine=data.get("machine"))
+    write_results("bench_loop", rows,
+                  "# The training loop: images per second, minires vs torch\n\n" + md,
+                  machine=data.get("machine"), extra={"source": f"{source}.json"})
     return 0
 
 

@@ -165,8 +165,8 @@ def bench_layer(spec, repeats, warmup, rng):
 
 
 BLAS_VARIABLES = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
-PAUSE_S = 0.2  # idle time before each timed step, so that neither starts on the other's heels
-PAIRS = 3     # fresh pairs of worker processes per row (see bench_step)
+PAIRS = 3           # fresh pairs of worker processes per row (see bench_step)
+STEPS_PER_TURN = 3  # steps per turn of a worker; the first is not timed (see bench_step)
 
 
 class Worker:
@@ -198,13 +198,22 @@ class Worker:
         self.proc.wait(timeout=60)
 
 
-def bench_step(case, threads, repeats, warmup, forced_kernel=None, pause_s=PAUSE_S, pairs=PAIRS):
-    """A whole step, each framework in its own process, alternating rounds (the
+def bench_step(case, threads, repeats, warmup, forced_kernel=None, pairs=PAIRS):
+    """A whole step, each framework in its own process, alternating turns (the
     order flips every round), in ``pairs`` fresh pairs of processes one after
-    the other; wall and CPU medians of both over every round.  Why several
-    pairs: the same minires worker ran its 2-thread ResNet-20 step in 404 ms in
-    one process and 327-336 ms in the next three (each steady within itself),
-    so one process's figure can be an outlier of the machine, not of the code."""
+    the other; wall and CPU medians of both over every timed step.
+
+    Why several pairs: the same minires worker ran its 2-thread ResNet-20 step
+    in 404 ms in one process and 327-336 ms in the next three (each steady
+    within itself), so one process's figure can be an outlier of the machine.
+    Why the first step of each turn is not timed: after the other framework's
+    turn (or any pause) minires's first step is slower on these VMs and
+    torch's is not (measured, ResNet-20 on 2 threads, one worker: 330 ms back
+    to back, 354 ms after 0.2 s idle; torch 271 and 272 ms).  minires's pool
+    threads sleep between ops and are woken for each one; woken after a
+    pause, a halted virtual CPU answers slower, while torch's OpenMP threads
+    spin between ops.  A training loop runs its steps back to back, so the
+    steady step is the figure that matches it."""
     rec = {k: [] for k in ("mr", "t", "mr_cpu", "t_cpu")}
     per_pair = []
     for _ in range(pairs):
@@ -217,11 +226,10 @@ def bench_step(case, threads, repeats, warmup, forced_kernel=None, pause_s=PAUSE
             got_pair = {"mr": [], "t": []}
             for r in range(repeats):
                 for name in (("mr", "t") if r % 2 else ("t", "mr")):
-                    time.sleep(pause_s)  # the machine settles between the two (see PAUSE_S)
-                    got = workers[name].ask("run 1")
-                    rec[name] += got["wall"]
-                    rec[name + "_cpu"] += got["cpu"]
-                    got_pair[name] += got["wall"]
+                    got = workers[name].ask(f"run {STEPS_PER_TURN}")
+                    rec[name] += got["wall"][1:]
+                    rec[name + "_cpu"] += got["cpu"][1:]
+                    got_pair[name] += got["wall"][1:]
         finally:
             for w in workers.values():
                 w.close()
@@ -347,7 +355,7 @@ def main(argv=None):
     ap.add_argument("--forced-kernel", default="Haswell",
                     help="also run the all-cores ResNet-20 step with OPENBLAS_CORETYPE set to this "
                          "('' for none): what the environments of earlier benchmark machines forced")
-    ap.add_argument("--step-repeats", type=int, default=7, help="rounds per pair of processes")
+    ap.add_argument("--step-repeats", type=int, default=5, help="rounds per pair of processes")
     ap.add_argument("--pairs", type=int, default=PAIRS, help="fresh pairs of processes per row")
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--layers", action="store_true",
@@ -411,9 +419,11 @@ def main(argv=None):
         return 0
     notes = (f"Each framework runs in its own process (benchmarks/step_worker.py); each row "
              f"takes {args.pairs} fresh pairs of processes, one after the other; in each, after "
-             f"{args.warmup} warm-up steps, the two alternate for {args.step_repeats} rounds (the "
-             "order flips every round, 0.2 s idle before each step); medians over all rounds "
-             "(each pair's medians are in the JSON); ratio = minires / torch (lower is better for minires). A train step "
+             f"{args.warmup} warm-up steps, the two take turns for {args.step_repeats} rounds (the "
+             f"order flips every round), {STEPS_PER_TURN} steps a turn of which the first is not "
+             "timed (minires's first step after a pause is slower on these VMs, torch's is not: "
+             "see bench_step); medians over every timed step (each pair's medians are in the "
+             "JSON); ratio = minires / torch (lower is better for minires). A train step "
              "is forward, loss, backward and an SGD update (momentum 0.9, weight decay) in "
              "both; ResNet-18 is an eval forward under no_grad. 'native': OPENBLAS_CORETYPE and "
              "OPENBLAS_L2_SIZE unset in the workers, so numpy's OpenBLAS picks the kernel for "
