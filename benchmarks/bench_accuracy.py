@@ -43,6 +43,21 @@ DEFAULT_DATA = os.environ.get("MINIRES_DATA", os.path.join(ROOT, "..", "shared",
                                                            "cifar10-jpeg"))
 
 
+def evaluate_views(out, data, cfg):
+    """Test accuracy of a run's last checkpoint four ways: EMA or live weights
+    (EMA only when the run kept one), with or without flip TTA."""
+    views = {}
+    for ema in ("--ema", "--no-ema"):
+        for tta in ("flip", "none"):
+            if ema == "--ema" and not cfg["ema"]:
+                continue
+            r = subprocess.run([sys.executable, "-m", "minires", "eval", "--checkpoint",
+                                os.path.join(out, "last.ckpt"), "--data", data, "--json",
+                                ema, "--tta", tta], capture_output=True, text=True, check=True)
+            views[f"{ema.strip('-')}, tta {tta}"] = json.loads(r.stdout)["accuracy"]
+    return views
+
+
 def run_minires(args):
     out = os.path.join(args.out, f"minires-{args.results}-seed{args.seed}")
     if os.path.exists(out):
@@ -59,15 +74,7 @@ def run_minires(args):
         raise SystemExit(f"minires train failed ({proc.returncode})")
     cfg = json.load(open(os.path.join(out, "config.json")))
     hist = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))]
-    views = {}
-    for ema in ("--ema", "--no-ema"):
-        for tta in ("flip", "none"):
-            if ema == "--ema" and not cfg["ema"]:
-                continue
-            r = subprocess.run([sys.executable, "-m", "minires", "eval", "--checkpoint",
-                                os.path.join(out, "last.ckpt"), "--data", args.data, "--json",
-                                ema, "--tta", tta], capture_output=True, text=True, check=True)
-            views[f"{ema.strip('-')}, tta {tta}"] = json.loads(r.stdout)["accuracy"]
+    views = evaluate_views(out, args.data, cfg)
     return {"framework": "minires", "command": " ".join(cmd[2:]), "wall_s": wall,
             "process_wall_s": wall, "config": {k: v for k, v in cfg.items() if k != "fitted"},
             "fitted": cfg["fitted"], "final_test_acc": hist[-1]["test_acc"], "views": views,

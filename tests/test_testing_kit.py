@@ -241,6 +241,69 @@ def test_check_against_torch_compares_running_statistics():
                             arrays((3, 2, 2, 2)), **NO_SHRINK)
 
 
+class _DxOff(nn.Linear):
+    """dx off by a relative 1e-4: a gradient bug the forward cannot show."""
+
+    def backward(self, dy):
+        return super().backward(dy) * (1 + 1e-4)
+
+
+class _WeightGradOff(nn.Linear):
+    """The weight gradient off by a relative 1e-4; dx and the bias are right."""
+
+    def backward(self, dy):
+        dx = super().backward(dy)
+        self.weight.grad *= 1 + 1e-4
+        return dx
+
+
+@pytest.mark.parametrize("broken, tensor", [(_DxOff, "dx"), (_WeightGradOff, "grad of 'weight'")])
+def test_check_against_torch_catches_a_wrong_gradient_and_names_it(broken, tensor):
+    check_against_torch(lambda: nn.Linear(3, 2), lambda: torch.nn.Linear(3, 2), VECTORS, **FEW)
+    with pytest.raises(AssertionError, match=f" vs torch in float32: {tensor}:"):
+        check_against_torch(lambda: broken(3, 2), lambda: torch.nn.Linear(3, 2), VECTORS,
+                            **NO_SHRINK)
+
+
+def test_check_against_torch_moves_the_module_to_the_input_before_running_it():
+    """A CuPy input needs the module on the GPU before its first forward (the
+    shape probe).  Recorded here on the CPU: a move with a device must come
+    before the first forward."""
+    events = []
+
+    class Recording(nn.LeakyReLU):
+        def to(self, device=None, dtype=None):
+            events.append(("to", device))
+            return super().to(device=device, dtype=dtype)
+
+        def forward(self, x):
+            events.append(("forward", None))
+            return super().forward(x)
+
+    check_against_torch(lambda: Recording(0.2), lambda: torch.nn.LeakyReLU(0.2), VECTORS,
+                        max_examples=1)
+    first_forward = events.index(("forward", None))
+    assert any(kind == "to" and device is not None for kind, device in events[:first_forward])
+
+
+def test_the_float32_bound_is_the_one_the_docs_state():
+    """docs/testing.md: off by 2e-5 x (max|value| + |value|) + 1e-5 is allowed,
+    so 4e-5 x max + 1e-5 at the largest element, and no more."""
+    import os
+    from minires.testing.torch_parity import ATOL32, RTOL, assert_close
+    rtol = RTOL[np.dtype(np.float32)]
+    doc = open(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                            "docs", "testing.md")).read()
+    assert (rtol, ATOL32) == (2e-5, 1e-5)  # the values the docs write out
+    assert "`2e-5 x (max|value| + |value|) + 1e-5`" in " ".join(doc.split())
+    assert "`4e-5 x max|value| + 1e-5`" in " ".join(doc.split())
+    ref = np.array([1.0, -0.5, 0.25])
+    at_bound = 2 * rtol * 1.0 + ATOL32  # for the largest element
+    assert_close(ref + [0.99 * at_bound, 0, 0], ref, rtol, "within", ATOL32)
+    with pytest.raises(AssertionError, match="1/3 elements differ"):
+        assert_close(ref + [1.01 * at_bound, 0, 0], ref, rtol, "beyond", ATOL32)
+
+
 # ---------------------------------------------------------- strategies
 @settings(max_examples=30, deadline=None)
 @given(x=arrays(shapes(max_dims=3)))
@@ -256,8 +319,9 @@ def test_arrays_keep_their_margin_from_zero_and_from_each_other(x):
 @given(x=arrays((2, 3), np.float32, kinks=(0.0, 1.0, -1.0)))
 def test_arrays_avoid_every_named_kink_and_keep_the_dtype(x):
     assert x.dtype == np.float32
-    for k in (0.0, 1.0, -1.0):
-        assert np.abs(x - k).min() > 0
+    gap = 2.0 / (2 * (2 * x.size + 4))  # the default margin for 6 values
+    for k in (0.0, 1.0, -1.0):  # half the margin from each kink, as documented
+        assert np.abs(x.astype(np.float64) - k).min() >= gap / 2 * (1 - 1e-6)
 
 
 @settings(max_examples=30, deadline=None)
@@ -376,3 +440,23 @@ def test_each_layers_failures_are_saved_under_their_own_key():
             check_module(broken, VECTORS, **kept)
     assert len([k for k in db.data if not k.endswith(b".secondary")
                 and not k.endswith(b".pareto")]) >= 2
+
+
+def test_wrapped_factories_and_shapes_get_their_own_database_keys():
+    """Wrappers such as kit_cases.trained() share one source for every factory
+    they wrap, and every arrays() strategy used to print as "draw_array()":
+    the key must still tell the layers and the shapes apart."""
+    from minires.testing.runner import database_key
+
+    def wrap(factory):  # one source for every wrapped factory, like trained()
+        return lambda: factory()
+
+    a = wrap(lambda: nn.LeakyReLU(0.1))
+    b = wrap(lambda: nn.LeakyReLU(0.3))
+    c, d = wrap(lambda: nn.LeakyReLU(0.1)), wrap(lambda: nn.LeakyReLU(0.2))  # one line
+    keys = {database_key("check_module", f, VECTORS) for f in (a, b, c, d)}
+    assert len(keys) == 4
+    assert (database_key("check_module", a, arrays((2, 3)))
+            != database_key("check_module", a, arrays((3, 3))))
+    assert (database_key("check_module", a, VECTORS)
+            != database_key("check_against_torch", a, VECTORS))

@@ -41,7 +41,13 @@ def test_installed_metadata_has_the_version():
 
 
 def test_built_metadata_has_the_version_the_license_and_the_urls(tmp_path):
-    # the PEP 517 hook pip and `python -m build` call; it writes only into tmp_path
+    # the PEP 517 hook pip and `python -m build` call; it writes only into tmp_path.
+    # It runs in this venv, so the setuptools here must be what [build-system]
+    # asks for: the test extra pins the same bound (checked first).
+    import setuptools
+    required = re.search(r'requires = \["setuptools>=(\d+)"\]',
+                         open(os.path.join(ROOT, "pyproject.toml")).read()).group(1)
+    assert int(setuptools.__version__.split(".")[0]) >= int(required)
     code = ("import sys; from setuptools import build_meta; "
             "print(build_meta.prepare_metadata_for_build_wheel(sys.argv[1]))")
     info = subprocess.run([sys.executable, "-c", code, str(tmp_path)], cwd=ROOT, check=True,

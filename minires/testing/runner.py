@@ -24,21 +24,44 @@ def split_case(case, where):
     return kwargs, x
 
 
+def _describe(obj, depth=0):
+    """What tells a factory apart: its source (or name), and for a closure the
+    values it closes over, factories among them described the same way (a
+    wrapper such as ``lambda: randomize_batchnorm(factory())`` has one source
+    for every factory it wraps)."""
+    import inspect
+    try:
+        text = inspect.getsource(obj)
+    except (OSError, TypeError):
+        text = getattr(obj, "__qualname__", type(obj).__name__)
+    code = getattr(obj, "__code__", None)
+    if code is not None:  # two lambdas on one line share their source, not their constants
+        text += f"|{code.co_consts!r}|{code.co_names!r}"
+    cells = getattr(obj, "__closure__", None) or ()
+    for cell in cells:
+        try:
+            value = cell.cell_contents
+        except ValueError:  # an empty cell
+            continue
+        if callable(value) and depth < 3:
+            text += "|" + _describe(value, depth + 1)
+        else:
+            text += "|" + repr(value)[:200]
+    return text
+
+
 def database_key(kind, factory, strategy):
     """A hypothesis example-database key per (checker, factory, strategy).
 
     Every check_module call runs the same inner function, so hypothesis's
     default key (a digest of that function's source) would be one key for
     all of them: a failing example saved for one layer would be replayed
-    against the next.  The factory's source (or name) and the strategy's
-    repr tell the calls apart."""
+    against the next, and a passing run of one would delete another's.
+    The factory (its source and what it closes over, see ``_describe``) and
+    what the strategy draws tell the calls apart."""
     import hashlib
-    import inspect
-    try:
-        who = inspect.getsource(factory)
-    except (OSError, TypeError):
-        who = getattr(factory, "__qualname__", type(factory).__name__)
-    return hashlib.sha384(f"minires.testing.{kind}|{who}|{strategy!r}".encode()).digest()
+    what = getattr(strategy, "minires_description", None) or repr(strategy)
+    return hashlib.sha384(f"minires.testing.{kind}|{_describe(factory)}|{what}".encode()).digest()
 
 
 def example_settings(max_examples, settings):

@@ -75,7 +75,12 @@ def arrays(shape, dtype=np.float64, elements=None, margin=None, kinks=(0.0,)):
             x = np.array(values, dtype=dtype).reshape(shp)
         return x
 
-    return draw_array()
+    strategy = draw_array()
+    # hypothesis shows this strategy as "draw_array()" whatever the shape: say
+    # what it draws, for the example database's key (runner.database_key)
+    strategy.minires_description = (f"arrays({shape!r}, {dtype}, elements={elements!r}, "
+                                    f"margin={margin!r}, kinks={tuple(kinks)!r})")
+    return strategy
 
 
 def _check_room(size, margin, elements):

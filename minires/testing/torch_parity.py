@@ -107,17 +107,21 @@ def check_against_torch(mr_module, torch_module, input_strategy, *, dtypes=(np.f
     torch's arguments, so ``check_against_torch(nn.Conv2d, torch.nn.Conv2d,
     cases(conv_configs()))`` works as written.  minires's weights are copied
     into torch (state_dict keys must match).  ``train=False`` compares in eval
-    mode.  ``rtol`` defaults to 2e-5 in float32 and 1e-10 in float64, relative
-    to the largest |value| of torch's tensor; in float32 the reference is
-    torch in float64 and 1e-5 is allowed besides (torch.testing's float32
-    atol; see ``ATOL32``).
+    mode.  Element by element, |mine - torch| <= rtol * (max|torch| + |torch|)
+    (+ 1e-5 in float32, torch.testing's float32 atol, ``ATOL32``), so up to
+    2 * rtol * max|torch| at the largest element; ``rtol`` defaults to 2e-5 in
+    float32 and 1e-10 in float64, and in float32 the reference is torch in
+    float64 (docs/testing.md states the same bound).
     """
     def one_case(kwargs, x, draw_upstream):
         m, t = _build(mr_module, kwargs), _build(torch_module, kwargs)
         m.train(train)
         t.train(train)
+        # onto x's device first (as check_module does): a CuPy x into a module
+        # still on the host would fail the backend check before any comparison
+        m.to(device=backend.device_of(x), dtype=np.dtype(dtypes[0]))
         with no_grad():
-            shape = m.to(dtype=np.dtype(dtypes[0]))(x.astype(dtypes[0])).shape
+            shape = m(x.astype(dtypes[0])).shape
         up = draw_upstream(shape)
         for dtype in dtypes:
             compare_once(m, t, x.astype(dtype), up, rtol)

@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
+import torch  # noqa: E402  (a test dependency: missing must fail, not skip)
 
 from minires import convert, models  # noqa: E402
 from tests.helpers import assert_close, random_upstream, torch_tensor  # noqa: E402

@@ -4,7 +4,7 @@ import copy
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
+import torch  # noqa: E402  (a test dependency: missing must fail, not skip)
 
 import minires  # noqa: E402
 from minires import convert, models, nn  # noqa: E402

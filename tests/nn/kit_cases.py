@@ -54,6 +54,9 @@ LAYERS = {
     "ResBlockConv": (trained(lambda: nn.ResBlockConv(2)), None, images(2)),
     "ResBlockDownSamp": (trained(lambda: nn.ResBlockDownSamp(2)), None, images(2, 3, 5, 2)),
     "cifar.BasicBlock": (trained(lambda: cifar.BasicBlock(2, 4, 2)), None, images(2, 3, 5, 2)),
+    "cifar.BasicBlock option B": (trained(lambda: cifar.BasicBlock(2, 4, 2, shortcut="B")), None,
+                                  images(2, 3, 5, 2)),
+    "cifar.PlainBlock": (trained(lambda: cifar.PlainBlock(2, 4, 2)), None, images(2, 3, 5, 2)),
     "resnet.BasicBlock": (trained(lambda: resnet.BasicBlock(3, 3)), None, images(3)),
     "resnet.Bottleneck": (trained(lambda: resnet.Bottleneck(4, 1)), None, images(4)),
 }

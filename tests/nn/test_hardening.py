@@ -90,6 +90,18 @@ def test_forward_calls_without_backward_do_not_grow_memory():
     messages = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
     assert messages and all("no_grad" in m for m in messages)
     assert len(caught) == warned_at_limit  # once per module: nothing new after the first overflow
-    # the newest calls still backpropagate
-    dy = np.ones((4, 10), np.float32)
-    model.backward(dy)
+    # the newest calls still backpropagate: the newest call's backward is the
+    # one a single fresh forward of the same input gives (train mode: batch
+    # statistics, the same every call)
+    dy = np.random.default_rng(3).standard_normal((4, 10)).astype(np.float32)
+    model.zero_grad()
+    dx = model.backward(dy)
+    grads = [p.grad.copy() for p in model.parameters()]
+    for m in model.modules():
+        m.clear_caches()
+    model.zero_grad()
+    model(x)
+    np.testing.assert_array_equal(model.backward(dy), dx)
+    for p, g in zip(model.parameters(), grads):
+        np.testing.assert_array_equal(p.grad, g)
+    assert np.abs(dx).max() > 0

@@ -1,0 +1,37 @@
+"""Every number the README's results section quotes comes from a committed
+result file: a figure with no file behind it (a run nobody kept, a number
+from an issue, an old result overwritten since) fails here."""
+import glob
+import os
+import re
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# a number worth tracing: one with a decimal point, or three digits or more
+# (small integers such as "2 cores" or "batch 64" are settings, not results)
+NUMBER = re.compile(r"(?<![\w.])(\d+\.\d+|\d{3,})(?![\w.])")
+
+
+def _results_section():
+    readme = open(os.path.join(ROOT, "README.md")).read()
+    start = readme.index("\n## Results")
+    end = readme.index("\n## ", start + 1)
+    return readme[start:end]
+
+
+def _results_text():
+    paths = glob.glob(os.path.join(ROOT, "benchmarks", "results", "*"))
+    return "\n".join(open(p).read() for p in paths if p.endswith((".md", ".json", ".txt")))
+
+
+def test_every_number_in_the_results_section_is_in_a_result_file():
+    section, results = _results_section(), _results_text()
+    numbers = set(NUMBER.findall(section))
+    assert len(numbers) > 50  # the section and the pattern are what this test thinks
+    missing = sorted(n for n in numbers if n not in results)
+    assert not missing, (f"README's results quote {missing}, which no file under "
+                         "benchmarks/results/ holds: rerun and commit, or remove them")
+
+
+def test_the_check_catches_a_number_without_a_source():
+    assert "4242.42" not in _results_text()
+    assert NUMBER.findall("minires reached 4242.42% in 1234 s on 2 cores") == ["4242.42", "1234"]
