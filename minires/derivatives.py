@@ -90,8 +90,36 @@ def directional(along, value, analytic_np, n_directions, rng):
     return ana, num, [f"direction {k}" for k in range(n_directions)]
 
 
-def central(output, slope, value, eps):
-    """Central differences: (at(idx), along(orig, d)) perturbing ``value`` in place."""
+def central(output, slope, value, eps, base=None):
+    """Central differences: (at(idx), along(orig, d), sides) perturbing ``value``
+    in place.  When ``base`` (the output at the unperturbed point) is given,
+    ``sides`` gets, call by call, a function that looks at each side of that
+    point separately (see ``one_sided``); it runs only when called, so a
+    passing check costs nothing more."""
+    sides = []
+
+    def one_sided(set_at):
+        """((slope, roughness) forward, (slope, roughness) backward) at x.
+
+        slope: the three-point rule (4 f(x+h) - 3 f(x) - f(x+2h)) / 2h with
+        h = eps/2, accurate to O(h^2) (a first-order difference is too coarse
+        where BatchNorm on a tiny batch curves sharply).
+        roughness: the third difference |f(x+3h) - 3 f(x+2h) + 3 f(x+h) - f(x)| / h,
+        which is O(h^2) where f is smooth on that side and about
+        |jump in slope| x (distance to the kink) where a kink lies there.
+        Outputs are differenced against f(x) before summing, as in ``slope``."""
+        h = eps / 2
+        out = []
+        for sign in (1.0, -1.0):
+            s = []  # sum((f(x + k h) - f(x)) * g) for k = 1, 2, 3
+            for k in (1, 2, 3):
+                set_at(sign * k * h)
+                s.append(slope(output(), base, 1.0))
+            out.append((sign * (4 * s[0] - s[1]) / (2 * h),
+                        abs(s[2] - 3 * s[1] + 3 * s[0]) / h))
+        set_at(0.0)
+        return tuple(out)
+
     def at(idx):
         orig = float(value[idx])  # a Python float: a CuPy element would be a view
         up, down = orig + eps, orig - eps
@@ -100,11 +128,20 @@ def central(output, slope, value, eps):
         value[idx] = down
         y_down = output()
         value[idx] = orig
+        if base is not None:
+            def set_at(t):
+                value[idx] = orig + t if t else orig
+            sides.append(lambda: one_sided(set_at))
         return slope(y_up, y_down, up - down)  # the step actually taken
 
     def along(orig, d):
         value[...] = orig + eps * d
         y_up = output()
         value[...] = orig - eps * d
-        return slope(y_up, output(), 2 * eps)
-    return at, along
+        y_down = output()
+        if base is not None:
+            def set_at(t):
+                value[...] = orig + t * d
+            sides.append(lambda: one_sided(set_at))
+        return slope(y_up, y_down, 2 * eps)
+    return at, along, sides

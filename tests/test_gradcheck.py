@@ -1,4 +1,6 @@
 """minires.gradcheck: passes correct layers, and rejects planted backward bugs."""
+import re
+
 import numpy as np
 import pytest
 
@@ -343,3 +345,68 @@ def test_buffers_restored_in_batchnorm(rng):
     bn = nn.BatchNorm1d(3)
     gradcheck(bn, rng.standard_normal((6, 3)))
     gradcheck(bn.eval(), rng.standard_normal((6, 3)))
+
+
+# ------------------------------------------------------------------ kinks within eps
+def relu_pair(x_side_slope_of_kink=None):
+    """(forward, backward) of relu; backward returns ``x_side_slope_of_kink``
+    everywhere when given (a planted wrong gradient)."""
+    def forward(x):
+        return np.maximum(x, 0.0)
+
+    def backward(dy):
+        if x_side_slope_of_kink is not None:
+            return np.full_like(dy, x_side_slope_of_kink)
+        return dy * (forward.x > 0)
+
+    def remembering_forward(x):
+        forward.x = x
+        return forward(x)
+    return remembering_forward, backward
+
+
+def test_a_kink_within_eps_passes_on_the_one_sided_difference_of_its_side():
+    # 3e-7 is within eps=1e-6 of relu's kink: the central difference there is
+    # (1.3e-6 - 0) / 2e-6 = 0.65, no derivative at all; the slope on x's side is 1.
+    x = np.array([3e-7, 0.5, -0.4])
+    fwd, bwd = relu_pair()
+    with pytest.raises(AssertionError, match=r"FAIL on 1/3.* at index \(0,\)") as failed:
+        gradcheck((fwd, bwd), x, kinks="fail")
+    analytic, numeric = map(float, re.search(r"analytic (\S+), numeric (\S+)",
+                                             str(failed.value)).groups())
+    assert numeric / analytic == pytest.approx(0.65)  # both carry the random upstream g
+    assert gradcheck((fwd, bwd), x)["input0"] < 1e-9  # the worst error among real comparisons
+
+
+def test_a_wrong_gradient_at_a_kink_still_fails():
+    x = np.array([3e-7])
+    for wrong in (0.0, 0.5, 0.9):  # the other side's slope, a guess, near the straddling side
+        fwd, _ = relu_pair()
+        _, bwd = relu_pair(x_side_slope_of_kink=wrong)
+        with pytest.raises(AssertionError, match="FAIL on 1/1"):
+            gradcheck((fwd, lambda dy, bwd=bwd: bwd(dy) * dy), x)
+
+
+def test_a_kink_inside_a_module_is_reported_when_a_gradient_fails(rng):
+    # Linear -> ReLU with one pre-activation put 2e-7 from the kink through the
+    # bias: every weight of that row straddles it.  A planted 1% error in dx
+    # fails, and the report also counts the values excused at the kink.
+    x = rng.standard_normal((2, 3))
+    for bug, expect in ((nn.Linear, None), (ScaledInputGradLinear, "input0")):
+        lin = bug(3, 3).to(dtype=np.float64)
+        pre = x @ lin.weight.data.T + lin.bias.data
+        lin.bias.data[1] -= pre[0, 1] - 2e-7
+        model = nn.Sequential(lin, nn.ReLU())
+        if expect is None:
+            gradcheck(model, x)
+            with pytest.raises(AssertionError, match=r"0\.bias .*FAIL on 1/3"):
+                gradcheck(model, x, kinks="fail")
+        else:
+            with pytest.raises(AssertionError, match=r"(?s)input0 .*FAIL.*0\.bias .*ok \(1 "
+                                                     r"straddled a kink"):
+                gradcheck(model, x)
+
+
+def test_kinks_must_be_a_known_mode():
+    with pytest.raises(ValueError, match="kinks must be 'one-sided' or 'fail'"):
+        gradcheck(relu_pair(), np.array([1.0]), kinks="ignore")
