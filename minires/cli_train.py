@@ -10,6 +10,7 @@ import time
 
 from .cmdline import add_eval_view_arguments, device_error
 from .errors import CommandError
+from .interrupts import NAMES, Interrupted, signal_of
 from .fileio import atomic_write_bytes
 from .recipes import RECIPES
 
@@ -74,6 +75,9 @@ def configure_train(p):
     p.add_argument("--train-subset", type=int,
                    help="train on N images only: a class-balanced sample drawn with --seed")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--checkpoint-every", type=float, metavar="MINUTES",
+                   help="also save last.ckpt in the middle of an epoch every MINUTES (default "
+                        "10; 0: only at epoch ends), so that even kill -9 loses at most that much")
     p.add_argument("--init-from", metavar="FILE",
                    help="start from these weights instead of a random init: a .safetensors "
                         "file of `minires export` (or torch's), .npz or .pth")
@@ -129,7 +133,7 @@ def _resumed_config(args, over):
     cfg = TrainConfig(**{k: v for k, v in saved.items() if k in fields})
     for k, (_, new) in changed.items():
         setattr(cfg, k, new)
-    for k in ("device", "progress", "distributed", "sync_bn", "dist_timeout"):
+    for k in ("device", "progress", "checkpoint_every", "distributed", "sync_bn", "dist_timeout"):
         if over.get(k) is not None:
             setattr(cfg, k, over[k])
     cfg.out = out
@@ -162,7 +166,8 @@ def run_train(args):
                 no_decay_bn_bias=None if args.wd_bn_bias is None else not args.wd_bn_bias,
                 device=args.device, seed=args.seed, time_budget=args.time_budget,
                 max_steps=args.max_steps, train_subset=args.train_subset,
-                progress=not args.no_progress, distributed=args.distributed,
+                progress=not args.no_progress, checkpoint_every=args.checkpoint_every,
+                distributed=args.distributed,
                 sync_bn=args.sync_bn, dist_timeout=args.dist_timeout)
     if args.resume:
         cfg = _resumed_config(args, over)
@@ -209,6 +214,16 @@ def run_train(args):
         if trainer.is_main:
             print(f"minires train: {e}", file=sys.stderr)
         return 1
+    except (KeyboardInterrupt, Interrupted) as e:
+        if isinstance(e, Interrupted) and getattr(e, "agreed", False):
+            raise  # stopped between steps and saved: its message says where and how to go on
+        # before the loop (loading, the probe), or a second signal while saving
+        what = str(e) if isinstance(e, Interrupted) else NAMES[signal_of(e)]
+        kept = (f"{trainer.last_path} holds the run as last saved" if os.path.exists(
+            trainer.last_path) else "nothing was saved")
+        stopped = Interrupted(signal_of(e), f"{what}; {kept}")
+        stopped.quiet = not trainer.is_main
+        raise stopped from None
     if hist and trainer.is_main:
         last = hist[-1]
         views = [w for w, on in (("EMA weights", cfg.ema), ("flip TTA", cfg.tta == "flip")) if on]

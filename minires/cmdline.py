@@ -1,6 +1,6 @@
 """Command-line plumbing that every command shares: the --threads and --debug
 flags, the one way a command runs (a user error becomes one line and exit
-status 2) and the device check.  ``cli.py`` (``minires ...``) and
+status 2; Ctrl-C and SIGTERM one line and 130 or 143) and the device check.  ``cli.py`` (``minires ...``) and
 ``python -m minires.gradflow`` use it; it imports none of the commands.
 The error types are in ``errors.py``, the model names in ``models``.
 """
@@ -9,6 +9,7 @@ import sys
 
 from . import heap, parallel
 from .errors import CommandError, UserError, one_line
+from .interrupts import NAMES, Interrupted, signal_of, terminate_raises
 
 
 def add_threads_argument(p):
@@ -47,14 +48,23 @@ def run_command(name, args, run):
     line on stderr and exit status 2; --debug re-raises it with its traceback.
     Any other exception is a bug and keeps its traceback."""
     try:
-        apply_threads(args)
-        heap.keep_freed_memory()  # steps reuse their pages (minires/heap.py)
-        return run(args)
+        with terminate_raises():  # SIGTERM: one line and status 143, like Ctrl-C's 130
+            apply_threads(args)
+            heap.keep_freed_memory()  # steps reuse their pages (minires/heap.py)
+            return run(args)
     except UserError as e:
         if debugging(args):
             raise
         print(f"minires {name}: error: {one_line(e)}", file=sys.stderr)
         return 2
+    except (KeyboardInterrupt, Interrupted) as e:
+        if debugging(args):
+            raise
+        signum = signal_of(e)
+        if not getattr(e, "quiet", False):  # (MPI: rank 0 speaks for all)
+            message = str(e) if isinstance(e, Interrupted) else NAMES[signum]
+            print(f"minires {name}: {one_line(message)}", file=sys.stderr, flush=True)
+        return 128 + signum
 
 
 def apply_threads(args):

@@ -47,6 +47,7 @@ class TrainConfig:
     distributed: bool = False
     sync_bn: bool = False               # batch-norm statistics over all ranks' shards
     dist_timeout: float = 300.0         # seconds a collective waits for a peer before aborting
+    checkpoint_every: float = 10.0      # minutes between mid-epoch saves of last.ckpt (0: off)
     fitted: dict = field(default_factory=dict)  # the schedule as fitted (epochs, total steps)
 
     def validate(self):
@@ -98,6 +99,8 @@ class TrainConfig:
             raise bad("early_fraction", "in (0, 1)")
         if self.schedule not in SCHEDULES:
             raise bad("schedule", f"one of {', '.join(SCHEDULES)}")
+        if not finite(self.checkpoint_every) or self.checkpoint_every < 0:
+            raise bad("checkpoint_every", "a number of minutes >= 0 (0: only at epoch ends)")
         if not finite(self.dist_timeout) or self.dist_timeout <= 0:
             raise bad("dist_timeout", "a positive number of seconds")
         return self

@@ -7,85 +7,38 @@ normalised, augmented float32 NCHW batch (already on the device);
 ``sched.step()``; ``opt.zero_grad()``.
 
 The one ``Trainer`` is given a *workers* strategy: how a step runs across
-the workers of the run.  ``OneProcess`` (below) is one process on all its
-cores; ``minires.distributed.MPIRanks`` is one replica per MPI rank.  The
+the workers of the run.  ``OneProcess`` (``minires/workers.py``) is one
+process on all its cores; ``minires.distributed.MPIRanks`` is one replica per MPI rank.  The
 strategy loads the data and the checkpoint, builds the model and the
 loader, runs a step, sums counters over the workers and agrees on a value;
 the Trainer does the rest the same way for both.
+
+Ctrl-C and SIGTERM finish the step and save ``last.ckpt`` with the position
+inside the epoch (``minires.interrupts``, ``minires.epoch_position``), as
+``--checkpoint-every`` does on a clock; ``--resume`` goes on at the next step.
 """
 import json
 import math
 import os
+import signal
 import time
 from dataclasses import asdict
 
-import numpy as np
-
-from . import backend, nn
+from . import backend, nn, parallel
 from . import random as mr_random
-from .checkpoint import save_checkpoint, load_checkpoint
+from .checkpoint import save_checkpoint
 from .optim import ModelEMA
-from .engine import (NonFiniteLoss, build_model, build_optimizer, build_schedule, evaluate,
-                     probe_step_time, read_data, recalibrate_ema, train_step)
+from .engine import NonFiniteLoss, build_optimizer, build_schedule, read_data, recalibrate_ema
+# looked up at call time by Trainer.train_step and evaluate_on: tests patch them here
+from .engine import evaluate, train_step
+from .engine import build_model, probe_step_time  # noqa: F401  (minires.train's names)
 from .config import NUM_CLASSES, SCHEDULES, TrainConfig  # noqa: F401  (minires.train's names)
+from .epoch_position import EpochPosition
 from .fileio import atomic_write_bytes
+from .interrupts import Interrupted, StopRequests
+from .workers import OneProcess  # noqa: F401  (minires.train's name)
 from . import budget
 from .budget import fit_schedule  # noqa: F401  (minires.train's name)
-
-
-class OneProcess:
-    """The workers strategy of a run in one process (its ops use every core).
-
-    Each method gets the Trainer; ``minires.distributed.MPIRanks`` has the
-    same methods for one replica per MPI rank."""
-
-    is_main = True  # only the main worker writes files, logs and shows progress
-
-    def load_data(self, trainer):
-        trainer._read_data()
-
-    def steps_per_epoch(self, trainer, n):
-        return math.ceil(n / trainer.cfg.batch_size)
-
-    def load_state(self, trainer):
-        return load_checkpoint(trainer.last_path)
-
-    def build_model(self, trainer):
-        cfg = trainer.cfg
-        return build_model(cfg.model).to(cfg.device, dtype=np.dtype(cfg.dtype))
-
-    def probe(self, trainer, images, labels):
-        return probe_step_time(trainer.model, trainer.cfg, images, labels)
-
-    def after_setup(self, trainer):
-        pass
-
-    def make_loader(self, trainer):
-        from .data import BatchLoader
-        cfg, (images, labels) = trainer.cfg, trainer.train_data
-        return BatchLoader(images, labels, cfg.batch_size, shuffle=True, augment=cfg.augment,
-                           device=cfg.device, dtype=cfg.dtype, **trainer.loader_crop())
-
-    def train_step(self, trainer, x, y, i):
-        """Step ``i`` of the epoch (``train_step`` looked up at call time: tests
-        and benchmarks patch it)."""
-        return train_step(trainer.model, trainer.crit, trainer.opt, trainer.sched, x, y)
-
-    def sum(self, values):
-        """Sums of per-worker counters over all workers (here: one)."""
-        return list(values)
-
-    def agree(self, value):
-        """One value for all workers (the main worker's)."""
-        return value
-
-    def evaluate(self, trainer):
-        cfg = trainer.cfg
-        return evaluate(trainer.eval_model, *trainer.test_data, cfg.eval_batch_size, cfg.device,
-                        cfg.dtype, tta=cfg.tta)
-
-    def run(self, body):
-        return body()
 
 
 class Trainer:
@@ -180,18 +133,28 @@ class Trainer:
                                      lambda: self.clock() - self._t_start)
             self.log(budget.plan_line(cfg, self.clock() - self._t_start))
         self.epoch, self.step, self.best_acc, self.history = 0, 0, -1.0, []
+        self._position = None
         self.sched, total = self._schedule(cfg.fitted["total_steps"])
         if total != cfg.fitted["total_steps"]:
             cfg.fitted = {**cfg.fitted, "total_steps": total,
                           "epochs": math.ceil(total / steps_per_epoch)}
         if state is not None:
             self.model.load_state_dict(state["model"])
-            self.opt.load_state_dict(state["optimizer"])
-            self.sched.load_state_dict(state["schedule"])
+            self._resume_optimizer(state)
             mr_random.set_rng_state(state["rng"])
             self.epoch, self.step = state["epoch"], state["step"]
             self.best_acc, self.history = state["best_acc"], state["history"]
-            self.log(f"resumed {cfg.out} at epoch {self.epoch}, step {self.step}")
+            self._position = (EpochPosition.from_state(state["position"])
+                              if state.get("position") else None)
+            inside = ""
+            if self._position:
+                inside = f" (batch {self._position.batch} of epoch {self.epoch + 1})"
+                if not self.is_main:  # steps not yet summed over the workers: counted once
+                    self._position.pending = []
+            self.log(f"resumed {cfg.out} at epoch {self.epoch}, step {self.step}{inside}")
+            elsewhere = workers.resumed_elsewhere(state)
+            if elsewhere:
+                self.log(elsewhere)
         workers.after_setup(self)  # (MPI: every rank now holds rank 0's weights)
         if cfg.ema:
             self.ema = ModelEMA(self.model, cfg.ema)
@@ -200,6 +163,7 @@ class Trainer:
         self._eval_per_image = (cfg.fitted.get("eval_s_per_image") or 0) * budget.PROBE_EVAL_FACTOR
         self._last_eval_s = 0.0
         self._pace = budget.Pace(self.clock, self.step)
+        self._checkpoint_every_s, self._last_save = cfg.checkpoint_every * 60, self.clock()
         if not self.is_main:
             return
         os.makedirs(cfg.out, exist_ok=True)
@@ -207,6 +171,32 @@ class Trainer:
         # metrics.jsonl mirrors the checkpoint's history (drops epochs a crash lost)
         atomic_write_bytes(self.metrics_path,
                            "".join(json.dumps(m) + "\n" for m in self.history).encode())
+
+    def train_step(self, x, y):
+        """One optimiser step on the batch (``minires.train.train_step``, looked
+        up at call time: tests and benchmarks patch it)."""
+        return train_step(self.model, self.crit, self.opt, self.sched, x, y)
+
+    def evaluate_on(self, images, labels):
+        """Test loss and accuracy of ``eval_model`` on these images
+        (``minires.train.evaluate``, looked up at call time: tests patch it)."""
+        cfg = self.cfg
+        return evaluate(self.eval_model, images, labels, cfg.eval_batch_size, cfg.device,
+                        cfg.dtype, tta=cfg.tta)
+
+    def _resume_optimizer(self, state):
+        """The momentum buffers and the step count come from the checkpoint;
+        every hyper-parameter (peak lr, weight decay, momentum) from the run's
+        settings, which ``--resume-override`` may have changed: a new ``--lr``
+        under one-cycle goes on along the curve of the new peak from this step.
+        Unchanged settings give exactly the saved values."""
+        fresh = [{k: v for k, v in g.items() if k not in ("params", "lr")}
+                 for g in self.opt.param_groups]
+        self.opt.load_state_dict(state["optimizer"])
+        for g, settings in zip(self.opt.param_groups, fresh):
+            g.update(settings)
+        self.sched.last_epoch = state["schedule"]["last_epoch"]  # (lr: a closed form of it)
+        self.sched._apply()
 
     def _write_config(self):
         atomic_write_bytes(os.path.join(self.cfg.out, "config.json"),
@@ -237,7 +227,8 @@ class Trainer:
                 "epoch": self.epoch, "step": self.step, "best_acc": self.best_acc,
                 "history": self.history, "config": asdict(self.cfg),
                 "ema": self.ema.state_dict() if self.ema is not None else None,
-                "budget_used_s": self.clock() - self._t_start}
+                "budget_used_s": self.clock() - self._t_start, "position": None,
+                "threads": parallel.get_num_threads(), "world_size": self.workers.world_size}
 
     def _train_epoch(self):
         from tqdm import tqdm
@@ -245,14 +236,22 @@ class Trainer:
         loader = self.workers.make_loader(self)
         if self.epoch and self.epoch == cfg.fitted.get("early_epochs"):
             self._pace = budget.Pace(self.clock, self.step)  # full-size steps from here: a new pace
-        n_batches = min(len(loader), cfg.fitted["total_steps"] - self.step)
+        # p: the epoch's cursor and running sums; a resumed run's saved one
+        p, self._position = self._position or EpochPosition(), None
+        now_rng = mr_random.get_rng_state()
+        if p.epoch_rng is not None:  # resumed mid-epoch: draw the epoch's plan as it was drawn
+            mr_random.set_rng_state(p.epoch_rng)
+        p.epoch_rng = mr_random.get_rng_state()
+        batches = loader.iterate(p.batch)  # (draws the epoch's order, crops and flips)
+        if p.batch:
+            mr_random.set_rng_state(now_rng)  # (as the plan left them: the same state)
+        n_batches = min(len(loader) - p.batch, cfg.fitted["total_steps"] - self.step)
         bar = tqdm(total=n_batches, desc=f"epoch {self.epoch + 1}/{cfg.fitted['epochs']}",
                    disable=not (cfg.progress and self.is_main), mininterval=1.0, leave=False)
-        loss_sum, correct, seen, t0 = 0.0, 0, 0, time.perf_counter()
-        t_window = t0
-        pending = []  # losses kept on the device, read every few steps
-        self.loss_curve = []  # mean training loss of every 10 steps
-        for i, (x, y) in enumerate(loader):
+        t0 = t_window = time.perf_counter()
+        seen_before = p.seen
+        self.loss_curve = p.loss_curve  # mean training loss of every 10 steps
+        for i, (x, y) in enumerate(batches, p.batch):
             if self.step >= cfg.fitted["total_steps"]:  # (a refit may move the end)
                 break
             loss, logits = self.workers.train_step(self, x, y, i)
@@ -260,40 +259,81 @@ class Trainer:
                 self.ema.update(self.model)
             self.step += 1
             # loss and hits stay on the device; read every 10 steps (one sync, not ten)
-            pending.append((loss * len(y), (logits.argmax(axis=1) == y).sum(), len(y)))
+            p.pending.append((loss * len(y), (logits.argmax(axis=1) == y).sum(), len(y)))
             last = i == len(loader) - 1 or self.step >= cfg.fitted["total_steps"]
-            if len(pending) == 10 or last:
-                # summed over the ranks when distributed, so every rank sees the same numbers
-                window, hits, count = self.workers.sum(
-                    [sum(float(v) for v, _, _ in pending), sum(int(c) for _, c, _ in pending),
-                     sum(n for _, _, n in pending)])
-                correct += int(hits)
-                seen += int(count)
+            votes = self._votes()
+            if len(p.pending) == 10 or last:
+                # summed over the ranks when distributed, so every rank sees the same
+                # numbers and takes the same decision to stop or save
+                window, hits, count, *votes = self.workers.sum(
+                    [sum(float(v) for v, _, _ in p.pending), sum(int(c) for _, c, _ in p.pending),
+                     sum(n for _, _, n in p.pending), *votes])
+                p.correct += int(hits)
+                p.seen += int(count)
                 self.loss_curve.append(window / count)
-                loss_sum += window
-                pending.clear()
-                if not math.isfinite(loss_sum):
+                p.loss_sum += window
+                p.pending.clear()
+                if not math.isfinite(p.loss_sum):
                     bar.close()
                     raise NonFiniteLoss(
                         f"the training loss became non-finite at epoch {self.epoch + 1}, step "
                         f"{self.step} (lr {self.opt.param_groups[0]['lr']:.4g}); the last good "
                         f"checkpoint is kept at {self.last_path}; try a lower --lr")
                 now = time.perf_counter()
-                bar.set_postfix(loss=f"{loss_sum / seen:.3f}", acc=f"{correct / seen:.3f}",
-                                img_s=f"{seen / (now - t0):.0f}")
+                bar.set_postfix(loss=f"{p.loss_sum / p.seen:.3f}", acc=f"{p.correct / p.seen:.3f}",
+                                img_s=f"{(p.seen - seen_before) / (now - t0):.0f}")
                 if self.callbacks:
                     self._notify("on_log_step", {
                         "step": self.step, "lr": self.opt.param_groups[0]["lr"],
                         "train_loss": window / count, "train_acc": hits / count,
                         "images_per_s": count / (now - t_window)})
                 t_window = now
+            elif not self.workers.votes_every_step:
+                votes = [0.0, 0.0]  # (the ranks decide together, at the next reading)
             if cfg.time_budget is not None and (self.step % budget.refit_every(cfg.fitted) == 0
                                                 or last):
                 self._keep_to_budget()
-                bar.total = min(len(loader), i + 1 + cfg.fitted["total_steps"] - self.step)
+                bar.total = min(len(loader) - p.batch, i + 1 - p.batch
+                                + cfg.fitted["total_steps"] - self.step)
             bar.update(1)
+            stop, due = votes[0] > 0, votes[1] > 0
+            self._stop_agreed = self._stop_agreed or stop
+            if (stop or due) and not last:  # (the epoch's end saves anyway)
+                p.batch = i + 1
+                self._save_position(p)
+                if stop:
+                    bar.close()
+                    raise self._interrupted()
         bar.close()
-        return loss_sum / max(seen, 1), correct / max(seen, 1), seen / (time.perf_counter() - t0)
+        seen = p.seen - seen_before
+        return (p.loss_sum / max(p.seen, 1), p.correct / max(p.seen, 1),
+                seen / (time.perf_counter() - t0))
+
+    # ---- Ctrl-C, SIGTERM and --checkpoint-every (minires.interrupts)
+    def _votes(self):
+        """[a stop was requested here, a periodic checkpoint is due by the
+        main worker's clock]: summed over the workers, so all decide alike."""
+        due = (self.is_main and self._checkpoint_every_s > 0
+               and self.clock() - self._last_save >= self._checkpoint_every_s)
+        return [1.0 if self._stops.signum else 0.0, 1.0 if due else 0.0]
+
+    def _save_position(self, position):
+        """last.ckpt in the middle of an epoch, with where the epoch stands."""
+        if self.is_main:
+            state = self._checkpoint_state()
+            state["position"] = position.to_state()
+            save_checkpoint(self.last_path, state)
+        self._last_save = self.clock()
+
+    def _interrupted(self, at_epoch_end=False):
+        signum = self._stops.signum or signal.SIGINT
+        what = "interrupted" if signum == signal.SIGINT else "terminated (SIGTERM)"
+        where = (f"at the end of epoch {self.epoch} (step {self.step})" if at_epoch_end else
+                 f"at epoch {self.epoch + 1} step {self.step}")
+        again = self.workers.resume_command(self.cfg.out)
+        e = Interrupted(signum, f"{what} {where}; saved {self.last_path}; continue with: {again}")
+        e.agreed, e.quiet = True, not self.is_main  # every worker stops here; one prints
+        return e
 
     def _schedule(self, total):
         """The schedule over ``total`` steps, and that total.  A budget can fit
@@ -348,7 +388,10 @@ class Trainer:
         self._setup(resume)
         try:
             self._notify("on_run_start")
-            return self._epochs()
+            # Ctrl-C and SIGTERM now finish the step and save (minires.interrupts)
+            with StopRequests(announce=self.cfg.progress and self.is_main) as self._stops:
+                self._stop_agreed = False
+                return self._epochs()
         finally:
             self._notify("on_run_end")
 
@@ -389,6 +432,10 @@ class Trainer:
             self.log(f"epoch {self.epoch}/{cfg.fitted['epochs']}  train loss {tl:.4f} acc "
                      f"{ta:.4f}  {test}  {ips:.0f} img/s")
             self._notify("on_epoch_end", m)
+            self._last_save = self.clock()
+            if self.step < cfg.fitted["total_steps"] and (self._stop_agreed or self.workers.sum(
+                    [1.0 if self._stops.signum else 0.0])[0] > 0):
+                raise self._interrupted(at_epoch_end=True)
             self._pace.pause(self.clock() - t_trained)
         if cfg.time_budget is not None and self.history:
             self.log(budget.used_line(cfg, self.clock() - self._t_start, self.step,

@@ -40,9 +40,9 @@ def _put(q, item, stop):
     return False
 
 
-def _produce(make_batch, num_batches, q, stop):
+def _produce(make_batch, batches, q, stop):
     try:
-        for k in range(num_batches):
+        for k in batches:
             if stop.is_set() or not _put(q, make_batch(k), stop):
                 return
     except BaseException as e:  # handed to the consumer, which re-raises it
@@ -142,22 +142,33 @@ class BatchLoader:
         return backend.to_device(x, self.device), backend.to_device(y, self.device)
 
     def __iter__(self):
+        return self.iterate()
+
+    def iterate(self, start=0):
+        """The epoch's batches from batch ``start`` on (a run resumed in the
+        middle of an epoch).  The whole epoch's randomness is drawn as usual,
+        so batch ``start`` is the one an uninterrupted epoch yields there; the
+        batches before it are never made."""
+        if not 0 <= start <= len(self):
+            raise ValueError(f"BatchLoader.iterate: start must be in [0, {len(self)}], "
+                             f"got {start!r}")
         # Draw now (not lazily in the generator) so iter() fixes the epoch.
         make_batch = self._batch_maker(self._plan_epoch())
+        batches = range(start, len(self))
         if self.prefetch == 0:
-            return (self._to_device(make_batch(k)) for k in range(len(self)))
-        return self._prefetched(make_batch, len(self))
+            return (self._to_device(make_batch(k)) for k in batches)
+        return self._prefetched(make_batch, batches)
 
-    def _prefetched(self, make_batch, num_batches):
+    def _prefetched(self, make_batch, batches):
         q = queue.Queue(maxsize=self.prefetch)
         stop = threading.Event()
         # The thread holds no reference to this generator, so dropping the
         # generator closes it, and the finally below stops the thread.
-        thread = threading.Thread(target=_produce, args=(make_batch, num_batches, q, stop),
+        thread = threading.Thread(target=_produce, args=(make_batch, batches, q, stop),
                                   name="minires-BatchLoader", daemon=True)
         thread.start()
         try:
-            for _ in range(num_batches):
+            for _ in batches:
                 item = q.get()
                 if isinstance(item, _Failure):
                     raise item.error

@@ -98,8 +98,11 @@ class MPIComm:
 
     def fail(self, why):
         """Report ``why`` with this rank's identity, then end the whole job."""
+        peers = [r for r in range(self.world_size) if r != self.rank]
+        who = (f"rank {peers[0]}" if len(peers) == 1 else
+               f"one of ranks {', '.join(map(str, peers))}")  # (a collective cannot say which)
         msg = (f"minires distributed: rank {self.rank} of {self.world_size}: {why} "
-               f"(--dist-timeout {self.timeout:g} s); a peer rank died or hung; "
+               f"(--dist-timeout {self.timeout:g} s); {who} stopped answering (died or hung); "
                f"aborting all ranks")
         print(msg, file=sys.stderr, flush=True)
         if self.abort_on_timeout:

@@ -15,7 +15,8 @@ import numpy as np
 
 from .. import backend, parallel
 from ..checkpoint import load_checkpoint
-from ..engine import NonFiniteLoss, build_model, evaluate, probe_step_time
+from ..engine import NonFiniteLoss, build_model, probe_step_time
+from ..interrupts import Interrupted
 from .allreduce import GradientAllreducer, broadcast_state
 from .comm import MPIComm
 from .loader import DistributedBatchLoader
@@ -63,6 +64,8 @@ class MPIRanks:
     ``cfg.batch_size`` is the global batch; ``cfg.sync_bn`` turns every batch
     norm into a SyncBatchNorm; ``cfg.dist_timeout`` bounds every collective.
     """
+
+    votes_every_step = False  # Ctrl-C is agreed on every 10 steps, with the metrics' sum
 
     def __init__(self, cfg, comm=None):
         self.comm = comm if comm is not None else make_communicator(cfg.device, cfg.dist_timeout)
@@ -158,30 +161,51 @@ class MPIRanks:
         broadcast_state(trainer.model, self.comm)
         if trainer.eval_model is not trainer.model:  # --ema: the average's statistics too
             broadcast_state(trainer.eval_model, self.comm)
-        cfg, (images, labels) = trainer.cfg, trainer.test_data
+        images, labels = trainer.test_data
         lo, hi = shard_bounds(len(labels), self.rank, self.world_size)
         loss_sum = hits = 0.0
         if hi > lo:
-            loss, acc = evaluate(trainer.eval_model, images[lo:hi], labels[lo:hi],
-                                 cfg.eval_batch_size, cfg.device, cfg.dtype, tta=cfg.tta)
+            loss, acc = trainer.evaluate_on(images[lo:hi], labels[lo:hi])
             loss_sum, hits = loss * (hi - lo), round(acc * (hi - lo))
         loss_sum, hits, n = self.sum([loss_sum, hits, hi - lo])
         return loss_sum / n, hits / n
+
+    def resume_command(self, out):
+        return f"mpiexec -n {self.world_size} minires train --distributed --resume --out {out}"
+
+    def resumed_elsewhere(self, state):
+        """A line when the run goes on with another number of ranks (None if not)."""
+        before = state.get("world_size", 1)
+        if before == self.world_size:
+            return None
+        return (f"resumed on {self.world_size} rank{'s' * (self.world_size != 1)} (the run had "
+                f"{before}): the same global "
+                f"batch, order and schedule; the weights are not bit-identical to an "
+                f"uninterrupted run (the gradient sums and per-replica batch norm are split "
+                f"differently)")
 
     def run(self, body):
         try:
             return body()
         except NonFiniteLoss:
             raise  # decided from sums over the ranks: every rank raises it together
+        except Interrupted as e:
+            if getattr(e, "agreed", False):
+                raise  # Ctrl-C or SIGTERM agreed by all ranks: rank 0 saved, all stop
+            self._abort_all(e)
         except BaseException as e:
             # One rank failed alone (a full disk, a bug, Ctrl-C): the others would
             # wait in their next collective until the timeout.  End them all now.
             if isinstance(e, SystemExit) and not e.code:
                 raise
-            traceback.print_exc()
-            print(f"minires distributed: rank {self.rank} of {self.world_size} failed "
-                  f"({type(e).__name__}: {e}); aborting all ranks", file=sys.stderr, flush=True)
-            self.comm.abort(1)
+            if not isinstance(e, KeyboardInterrupt):
+                traceback.print_exc()
+            self._abort_all(e)
+
+    def _abort_all(self, e):
+        print(f"minires distributed: rank {self.rank} of {self.world_size} failed "
+              f"({type(e).__name__}: {e}); aborting all ranks", file=sys.stderr, flush=True)
+        self.comm.abort(1)
 
 
 __all__ = ["MPIRanks", "distributed_train_step", "make_communicator", "DATA_LOAD_TIMEOUT"]

@@ -64,6 +64,15 @@ def write_folder(root, members):
     return root
 
 
+def tiny_cifar_folder(root, per_batch=48, test_size=40, seed=0):
+    """A python-format CIFAR-10 folder at ``root``: 5 x ``per_batch`` training
+    images and ``test_size`` test images; returns the folder as a str."""
+    batches = python_batches(np.random.default_rng(seed), per_batch=(per_batch,) * 5,
+                             test_size=test_size)
+    write_folder(str(root), python_members(batches))
+    return str(root)
+
+
 def expected_nhwc(batches, names):
     """Images (N×32×32×3) and labels of the named batches, unpacked channel by
     channel the slow way: red plane, green plane, blue plane."""
