@@ -84,22 +84,26 @@ def tta_logits(model, x, tta="none"):
 
 
 def evaluate(model, images, labels, batch_size=500, device="cpu", dtype="float32",
-             predictions=None, tta="none"):
+             predictions=None, tta="none", fold=True):
     """Mean loss and accuracy over a whole split, in eval mode, keeping no caches.
     ``predictions``: a host integer array of ``len(labels)`` that receives each
     image's predicted class (``minires eval``'s confusion matrix); copying them
     off the device is the only extra cost, and only when asked.  ``tta``: see
-    ``tta_logits``."""
+    ``tta_logits``.  ``fold``: run a copy with each batch norm folded into the
+    convolution before it (``minires.fold``: the same logits to float32
+    rounding, one pass over the activations fewer); ``model`` is not changed."""
     from .data import normalize
+    from .fold import fold_batchnorm
     crit = nn.CrossEntropyLoss()
     was_training = model.training
     model.eval()
+    run = fold_batchnorm(model)[0] if fold else model
     total_loss, correct = 0.0, 0
     with no_grad():
         for i in range(0, len(labels), batch_size):
             x = backend.to_device(normalize(images[i:i + batch_size], dtype=np.dtype(dtype)), device)
             y = backend.to_device(labels[i:i + batch_size], device)
-            logits = tta_logits(model, x, tta)
+            logits = tta_logits(run, x, tta)
             total_loss += float(crit(logits, y)) * len(y)
             pred = logits.argmax(axis=1)
             correct += int((pred == y).sum())

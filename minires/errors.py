@@ -43,6 +43,11 @@ class MissingExtraError(UserError, ImportError):
     """An optional dependency is not installed; the message names the extra."""
 
 
+class ExportError(UserError, ValueError):
+    """A model (or one of its layers) that an export format cannot express yet;
+    the message names the layer and where it sits in the model."""
+
+
 class WeightsMismatchError(UserError, KeyError):
     """A weights file whose keys or shapes do not fit the model; the message
     names every such key (and both shapes).  A ``KeyError`` too, as

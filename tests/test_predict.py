@@ -131,19 +131,35 @@ def test_an_unreadable_image_is_named(trained, kind):
             "truncated": whole[:len(whole) // 3], "text": b"some notes\n"}[kind]
     (d / f"broken-{kind}.jpg").write_bytes(data)
     proc = _run(["predict", "--checkpoint", trained["ckpt"], trained["paths"][0],
-                 str(d / f"broken-{kind}.jpg")], d)
+                 str(d / f"broken-{kind}.jpg"), "--strict"], d)
     line = _one_line_error(proc, "predict", f"broken-{kind}.jpg", "cannot decode the image")
     assert "BytesIO" not in line
+    # without --strict: named, skipped and counted; the readable image is predicted
+    proc = _run(["predict", "--checkpoint", trained["ckpt"], trained["paths"][0],
+                 str(d / f"broken-{kind}.jpg")], d)
+    assert proc.returncode == 0 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stdout.splitlines()[0].startswith(trained["paths"][0] + ": ")
+    assert len(proc.stdout.splitlines()) == 1
+    skipped, summary = proc.stderr.strip().splitlines()
+    assert skipped.startswith(f"minires predict: skipped {d / f'broken-{kind}.jpg'}")
+    assert "cannot decode the image" in skipped
+    assert summary.startswith("minires predict: 1 image in ") and \
+        summary.endswith("; skipped 1 that could not be read")
 
 
 @pytest.mark.parametrize("argv, needles", [
     (["predict", "--checkpoint", "best.ckpt", "missing.png"], ["image not found: missing.png"]),
     (["predict", "--checkpoint", "none.ckpt", "noise0.png"], ["checkpoint not found: none.ckpt"]),
     (["predict", "--checkpoint", "best.ckpt", "noise0.png", "--top-k", "0"], ["--top-k"]),
-    (["predict", "--checkpoint", "best.ckpt", "."], [".: cannot read the image (Is a dir"]),
+    (["predict", "--checkpoint", "best.ckpt", "empty"], ["empty: no image files in this folder"]),
+    (["predict", "--checkpoint", "best.ckpt", "nothing*.png"],
+     ["nothing*.png: no file matches this pattern"]),
+    (["predict", "--checkpoint", "best.ckpt", "noise0.png", "--out", "p.txt"],
+     ["--out must end in .csv or .jsonl"]),
 ])
 def test_predict_errors(trained, monkeypatch, argv, needles):
     monkeypatch.chdir(trained["dir"])
+    (trained["dir"] / "empty").mkdir(exist_ok=True)
     code, out, err = run_cli(argv)
     assert code == 2 and out == ""
     lines = err.splitlines()
@@ -165,3 +181,54 @@ def test_without_pillow(trained):
     proc = _run(["predict", "--checkpoint", trained["ckpt"], trained["paths"][0]],
                 trained["dir"], code=code)
     _one_line_error(proc, "predict", "minires[jpeg]")
+
+
+# ---------------------------------------------------------------- folders, globs, files
+@pytest.fixture
+def photos(trained, tmp_path):
+    """A folder tree of the fixture's images: photos/a/*.png, photos/b/c/smooth.jpg."""
+    import shutil
+    (tmp_path / "photos" / "a").mkdir(parents=True)
+    (tmp_path / "photos" / "b" / "c").mkdir(parents=True)
+    for p in trained["paths"][:3]:
+        shutil.copy(p, tmp_path / "photos" / "a")
+    shutil.copy(trained["paths"][3], tmp_path / "photos" / "b" / "c")
+    (tmp_path / "photos" / "notes.txt").write_text("not an image")
+    return tmp_path / "photos"
+
+
+def test_a_folder_and_a_glob_predict_every_image_as_single_files_do(trained, photos):
+    code, out, err = run_cli(["predict", "--checkpoint", trained["ckpt"], str(photos),
+                              str(photos / "a" / "noise*.png"), "--json", "--top-k", "10"])
+    assert code == 0, err
+    rows = json.loads(out)["predictions"]
+    folder = [str(photos / "a" / f"noise{i}.png") for i in range(3)] + \
+        [str(photos / "b" / "c" / "smooth.jpg")]
+    assert [r["image"] for r in rows] == folder + folder[:3]  # sorted; notes.txt left out
+    for r, want in zip(rows, list(trained["probs"]) + list(trained["probs"][:3])):
+        got = sorted(r["top"], key=lambda t: t["index"])
+        np.testing.assert_allclose([t["probability"] for t in got], want, rtol=1e-4, atol=1e-6)
+    assert err.startswith("minires predict: 7 images in ") and "images/s)" in err
+
+
+@pytest.mark.parametrize("fmt", ["csv", "jsonl"])
+def test_predictions_to_a_file(trained, photos, tmp_path, fmt):
+    import csv
+    out_file = tmp_path / f"p.{fmt}"
+    code, out, err = run_cli(["predict", "--checkpoint", trained["ckpt"], str(photos),
+                              "--out", str(out_file), "--top-k", "2", "--batch-size", "3"])
+    assert code == 0 and out == "", err
+    assert f"wrote {out_file}" in err
+    if fmt == "csv":
+        rows = list(csv.DictReader(open(out_file)))
+        assert list(rows[0]) == ["image", "class_1", "probability_1", "class_2", "probability_2"]
+        images = [r["image"] for r in rows]
+        first = [(r["class_1"], float(r["probability_1"])) for r in rows]
+    else:
+        rows = [json.loads(line) for line in open(out_file)]
+        images = [r["image"] for r in rows]
+        first = [(r["top"][0]["class"], r["top"][0]["probability"]) for r in rows]
+    assert len(images) == 4 and images[-1].endswith("smooth.jpg")
+    for (cls, p), want in zip(first, trained["probs"]):
+        assert cls == CIFAR10_CLASSES[int(np.argmax(want))]
+        assert p == pytest.approx(want.max(), rel=1e-4)
