@@ -70,6 +70,21 @@ def build_schedule(opt, cfg, total_steps, steps_per_epoch):
     raise ValueError(f"unknown schedule {cfg.schedule!r}: onecycle, multistep, cosine, constant")
 
 
+def resume_optimizer(opt, sched, opt_state, sched_state):
+    """Continue ``opt`` and ``sched`` (freshly built from the run's settings)
+    from a checkpoint: the momentum buffers and the step count come from the
+    saved states; every hyper-parameter (peak lr, weight decay, momentum) from
+    the settings, which ``--resume-override`` may have changed, so a new
+    ``--lr`` under one-cycle goes on along the new peak's curve from this
+    step.  Unchanged settings give exactly the saved values."""
+    fresh = [{k: v for k, v in g.items() if k not in ("params", "lr")} for g in opt.param_groups]
+    opt.load_state_dict(opt_state)
+    for group, settings in zip(opt.param_groups, fresh):
+        group.update(settings)
+    sched.last_epoch = sched_state["last_epoch"]  # (the lr is a closed form of the step)
+    sched._apply()
+
+
 def tta_logits(model, x, tta="none"):
     """The model's logits for the batch ``x``; with ``tta="flip"`` the mean of
     the logits of ``x`` and of its left-right mirror (test-time augmentation:

@@ -11,6 +11,10 @@ and accuracy sums, as exact floats and ints, so that even the epoch's row of
 """
 from dataclasses import dataclass, field
 
+from . import random as mr_random
+
+WINDOW = 10  # steps whose losses stay on the device between two readings (one sync, not ten)
+
 
 @dataclass
 class EpochPosition:
@@ -21,6 +25,38 @@ class EpochPosition:
     seen: int = 0
     loss_curve: list = field(default_factory=list)  # the mean loss of every window of 10 steps
     pending: list = field(default_factory=list)     # (loss x n, hits, n) of steps not yet read
+
+    def batches(self, loader):
+        """The loader's batches from this position on.  The epoch's order,
+        crops and flips are drawn from the random streams as they were when
+        the epoch began, and the streams are then left as they are now."""
+        now = mr_random.get_rng_state()
+        if self.epoch_rng is not None:  # resumed mid-epoch
+            mr_random.set_rng_state(self.epoch_rng)
+        self.epoch_rng = mr_random.get_rng_state()
+        batches = loader.iterate(self.batch)  # (draws the whole epoch's randomness)
+        if self.batch:
+            mr_random.set_rng_state(now)  # (the state the plan left them in: the same)
+        return batches
+
+    def add(self, loss, logits, labels):
+        """A step's loss and hits, kept on the device until the next reading."""
+        self.pending.append((loss * len(labels), (logits.argmax(axis=1) == labels).sum(),
+                             len(labels)))
+
+    def read_window(self, sum_over_workers, votes):
+        """Read the steps not yet read, summed over the workers together with
+        ``votes`` (so every worker sees the same numbers and decides alike);
+        returns (the window's mean loss, its accuracy, its images, the votes)."""
+        loss, hits, count, *votes = sum_over_workers(
+            [sum(float(v) for v, _, _ in self.pending), sum(int(c) for _, c, _ in self.pending),
+             sum(n for _, _, n in self.pending), *votes])
+        self.correct += int(hits)
+        self.seen += int(count)
+        self.loss_curve.append(loss / count)
+        self.loss_sum += loss
+        self.pending.clear()
+        return loss / count, hits / count, count, votes
 
     def to_state(self):
         """Plain numbers for the checkpoint (device scalars read back now)."""

@@ -28,12 +28,13 @@ from . import backend, nn, parallel
 from . import random as mr_random
 from .checkpoint import save_checkpoint
 from .optim import ModelEMA
-from .engine import NonFiniteLoss, build_optimizer, build_schedule, read_data, recalibrate_ema
+from .engine import (NonFiniteLoss, build_optimizer, build_schedule, read_data,
+                     recalibrate_ema, resume_optimizer)
 # looked up at call time by Trainer.train_step and evaluate_on: tests patch them here
 from .engine import evaluate, train_step
 from .engine import build_model, probe_step_time  # noqa: F401  (minires.train's names)
 from .config import NUM_CLASSES, SCHEDULES, TrainConfig  # noqa: F401  (minires.train's names)
-from .epoch_position import EpochPosition
+from .epoch_position import WINDOW, EpochPosition
 from .fileio import atomic_write_bytes
 from .interrupts import Interrupted, StopRequests
 from .workers import OneProcess  # noqa: F401  (minires.train's name)
@@ -140,7 +141,7 @@ class Trainer:
                           "epochs": math.ceil(total / steps_per_epoch)}
         if state is not None:
             self.model.load_state_dict(state["model"])
-            self._resume_optimizer(state)
+            resume_optimizer(self.opt, self.sched, state["optimizer"], state["schedule"])
             mr_random.set_rng_state(state["rng"])
             self.epoch, self.step = state["epoch"], state["step"]
             self.best_acc, self.history = state["best_acc"], state["history"]
@@ -184,20 +185,6 @@ class Trainer:
         return evaluate(self.eval_model, images, labels, cfg.eval_batch_size, cfg.device,
                         cfg.dtype, tta=cfg.tta)
 
-    def _resume_optimizer(self, state):
-        """The momentum buffers and the step count come from the checkpoint;
-        every hyper-parameter (peak lr, weight decay, momentum) from the run's
-        settings, which ``--resume-override`` may have changed: a new ``--lr``
-        under one-cycle goes on along the curve of the new peak from this step.
-        Unchanged settings give exactly the saved values."""
-        fresh = [{k: v for k, v in g.items() if k not in ("params", "lr")}
-                 for g in self.opt.param_groups]
-        self.opt.load_state_dict(state["optimizer"])
-        for g, settings in zip(self.opt.param_groups, fresh):
-            g.update(settings)
-        self.sched.last_epoch = state["schedule"]["last_epoch"]  # (lr: a closed form of it)
-        self.sched._apply()
-
     def _write_config(self):
         atomic_write_bytes(os.path.join(self.cfg.out, "config.json"),
                            json.dumps(asdict(self.cfg), indent=2).encode())
@@ -238,18 +225,13 @@ class Trainer:
             self._pace = budget.Pace(self.clock, self.step)  # full-size steps from here: a new pace
         # p: the epoch's cursor and running sums; a resumed run's saved one
         p, self._position = self._position or EpochPosition(), None
-        now_rng = mr_random.get_rng_state()
-        if p.epoch_rng is not None:  # resumed mid-epoch: draw the epoch's plan as it was drawn
-            mr_random.set_rng_state(p.epoch_rng)
-        p.epoch_rng = mr_random.get_rng_state()
-        batches = loader.iterate(p.batch)  # (draws the epoch's order, crops and flips)
-        if p.batch:
-            mr_random.set_rng_state(now_rng)  # (as the plan left them: the same state)
-        n_batches = min(len(loader) - p.batch, cfg.fitted["total_steps"] - self.step)
-        bar = tqdm(total=n_batches, desc=f"epoch {self.epoch + 1}/{cfg.fitted['epochs']}",
+        batches = p.batches(loader)
+        total = cfg.fitted["total_steps"]
+        bar = tqdm(total=min(len(loader) - p.batch, total - self.step),
+                   desc=f"epoch {self.epoch + 1}/{cfg.fitted['epochs']}",
                    disable=not (cfg.progress and self.is_main), mininterval=1.0, leave=False)
-        t0 = t_window = time.perf_counter()
-        seen_before = p.seen
+        t0, seen_before = time.perf_counter(), p.seen
+        self._t_window = t0
         self.loss_curve = p.loss_curve  # mean training loss of every 10 steps
         for i, (x, y) in enumerate(batches, p.batch):
             if self.step >= cfg.fitted["total_steps"]:  # (a refit may move the end)
@@ -258,36 +240,11 @@ class Trainer:
             if self.ema is not None:
                 self.ema.update(self.model)
             self.step += 1
-            # loss and hits stay on the device; read every 10 steps (one sync, not ten)
-            p.pending.append((loss * len(y), (logits.argmax(axis=1) == y).sum(), len(y)))
+            p.add(loss, logits, y)
             last = i == len(loader) - 1 or self.step >= cfg.fitted["total_steps"]
             votes = self._votes()
-            if len(p.pending) == 10 or last:
-                # summed over the ranks when distributed, so every rank sees the same
-                # numbers and takes the same decision to stop or save
-                window, hits, count, *votes = self.workers.sum(
-                    [sum(float(v) for v, _, _ in p.pending), sum(int(c) for _, c, _ in p.pending),
-                     sum(n for _, _, n in p.pending), *votes])
-                p.correct += int(hits)
-                p.seen += int(count)
-                self.loss_curve.append(window / count)
-                p.loss_sum += window
-                p.pending.clear()
-                if not math.isfinite(p.loss_sum):
-                    bar.close()
-                    raise NonFiniteLoss(
-                        f"the training loss became non-finite at epoch {self.epoch + 1}, step "
-                        f"{self.step} (lr {self.opt.param_groups[0]['lr']:.4g}); the last good "
-                        f"checkpoint is kept at {self.last_path}; try a lower --lr")
-                now = time.perf_counter()
-                bar.set_postfix(loss=f"{p.loss_sum / p.seen:.3f}", acc=f"{p.correct / p.seen:.3f}",
-                                img_s=f"{(p.seen - seen_before) / (now - t0):.0f}")
-                if self.callbacks:
-                    self._notify("on_log_step", {
-                        "step": self.step, "lr": self.opt.param_groups[0]["lr"],
-                        "train_loss": window / count, "train_acc": hits / count,
-                        "images_per_s": count / (now - t_window)})
-                t_window = now
+            if len(p.pending) == WINDOW or last:
+                votes = self._read_window(p, votes, bar, t0, seen_before)
             elif not self.workers.votes_every_step:
                 votes = [0.0, 0.0]  # (the ranks decide together, at the next reading)
             if cfg.time_budget is not None and (self.step % budget.refit_every(cfg.fitted) == 0
@@ -308,6 +265,26 @@ class Trainer:
         seen = p.seen - seen_before
         return (p.loss_sum / max(p.seen, 1), p.correct / max(p.seen, 1),
                 seen / (time.perf_counter() - t0))
+
+    def _read_window(self, p, votes, bar, t0, seen_before):
+        """Read the last steps' losses (``EpochPosition.read_window``), stop on a
+        non-finite loss, show progress and tell the callbacks; returns the votes."""
+        loss, acc, count, votes = p.read_window(self.workers.sum, votes)
+        if not math.isfinite(p.loss_sum):
+            bar.close()
+            raise NonFiniteLoss(
+                f"the training loss became non-finite at epoch {self.epoch + 1}, step "
+                f"{self.step} (lr {self.opt.param_groups[0]['lr']:.4g}); the last good "
+                f"checkpoint is kept at {self.last_path}; try a lower --lr")
+        now = time.perf_counter()
+        bar.set_postfix(loss=f"{p.loss_sum / p.seen:.3f}", acc=f"{p.correct / p.seen:.3f}",
+                        img_s=f"{(p.seen - seen_before) / (now - t0):.0f}")
+        if self.callbacks:
+            self._notify("on_log_step", {
+                "step": self.step, "lr": self.opt.param_groups[0]["lr"], "train_loss": loss,
+                "train_acc": acc, "images_per_s": count / (now - self._t_window)})
+        self._t_window = now
+        return votes
 
     # ---- Ctrl-C, SIGTERM and --checkpoint-every (minires.interrupts)
     def _votes(self):
