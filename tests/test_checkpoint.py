@@ -146,9 +146,18 @@ def _kill_a_checkpoint_writer(folder, seed):
     proc = subprocess.Popen([sys.executable, "-c", code], cwd=folder,
                             env=dict(os.environ, PYTHONPATH=ROOT))
     path = folder / "last.ckpt"
-    deadline = time.time() + 60
-    while not path.exists() and time.time() < deadline:
-        time.sleep(0.01)
+
+    def inode():
+        try:
+            return os.stat(path).st_ino
+        except FileNotFoundError:
+            return None
+    # wait for THIS writer's first rename (each write renames a new file into
+    # place): a file left by an earlier writer must not start the clock while
+    # this one is still importing numpy
+    before, deadline = inode(), time.time() + 60
+    while inode() in (None, before) and time.time() < deadline:
+        time.sleep(0.005)
     time.sleep(np.random.default_rng(seed).uniform(0.0, 0.4))
     proc.send_signal(signal.SIGKILL)
     proc.wait()
