@@ -11,7 +11,9 @@ with a count at the end; ``--strict`` stops at it instead (one line, exit
 status 2).  A path that does not exist, a folder without images and a
 pattern that matches nothing are errors before any image is read.
 """
+import csv
 import glob
+import io
 import json
 import os
 import sys
@@ -94,8 +96,6 @@ class _Writer:
                 print(f"{path}: " + ", ".join(f"{t['class']} {100 * t['probability']:.1f}%"
                                               for t in top))
         elif self.args.out.lower().endswith(".csv"):
-            import csv
-            import io
             buf = io.StringIO()
             csv.writer(buf, lineterminator="").writerow(
                 [path] + [v for t in top for v in (t["class"], f"{t['probability']:.6g}")])

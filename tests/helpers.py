@@ -75,3 +75,18 @@ def numerical_grad(f, a, h=1e-6):
         flat[i] = orig
         gflat[i] = (fp - fm) / (2 * h)
     return g
+
+
+def wait_for(condition, proc, what, timeout=120):
+    """Poll ``condition()`` until it holds: a guard against a hung child, not a
+    speed check (``timeout`` is generous).  Fails at once if the child exits."""
+    import time
+    deadline = time.time() + timeout
+    while not condition():
+        if proc.poll() is not None:
+            raise AssertionError(f"the child exited ({proc.returncode}) before {what}: "
+                                 f"{proc.stderr.read()}")
+        if time.time() > deadline:
+            proc.kill()
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.01)

@@ -21,6 +21,7 @@ import minires.train as tr
 from minires.checkpoint import load_checkpoint
 from minires.cli import main
 from tests.data import tiny_cifar_folder
+from tests.helpers import wait_for
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CMD = [sys.executable, "-m", "minires"]
@@ -72,18 +73,6 @@ def assert_same_run(reference, out):
                                       st["momentum_buffer"])
     assert state["schedule"] == ref_state["schedule"]
     assert read_metrics(out) == ref_metrics
-
-
-def wait_for(condition, proc, what, timeout=120):
-    deadline = time.time() + timeout
-    while not condition():
-        if proc.poll() is not None:
-            raise AssertionError(f"the child exited ({proc.returncode}) before {what}: "
-                                 f"{proc.stderr.read()}")
-        if time.time() > deadline:
-            proc.kill()
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.01)
 
 
 def start(data, out, *extra):
