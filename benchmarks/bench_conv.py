@@ -31,7 +31,7 @@ import torch
 import minires
 from minires import parallel
 from minires.nn import Conv2d
-from minires.nn.functional import conv as conv_ops, conv_shifted
+from minires.nn.functional import conv_im2col as conv_ops, conv_shifted
 from benchmarks.bench_models import make_torch_step, pin_threads
 from benchmarks.machine import machine_info, write_results
 
@@ -93,7 +93,7 @@ def products_only(x, weight, dy, stride, padding):
                 np.matmul(w_flip[ky, kx], b.dy_flat[:, :, shift:shift + wide], out=b.dx)   # dx
         return lambda: parallel.map_chunks(one, chunks, like=x)
 
-    chunks = conv_ops._batch_chunks(np, n, k * p * x.dtype.itemsize)
+    chunks = conv_ops.batch_chunks(np, n, k * p * x.dtype.itemsize)
     w_mat = weight.reshape(1, o, k)
     w_t = np.ascontiguousarray(w_mat.transpose(0, 2, 1))
 
@@ -108,8 +108,8 @@ def products_only(x, weight, dy, stride, padding):
 
     def one(s):
         b = buffers(s.stop - s.start)
-        conv_ops._product(np, w_mat, b.col, b.y)                       # forward
-        conv_ops._weight_grad_t(np, b.col, b.dy)                      # dW
+        conv_ops.product(np, w_mat, b.col, b.y)                       # forward
+        conv_ops.weight_grad_t(np, b.col, b.dy)                      # dW
         np.matmul(w_t, b.dy, out=b.dcol)                               # dcol, before col2im
 
     return lambda: parallel.map_chunks(one, chunks, like=x)

@@ -1,21 +1,12 @@
 """Every core in one process: split a batch into chunks, run them on threads.
 
-Why threads work here: NumPy releases the GIL inside BLAS products, ufunc
-loops and array copies, so two threads that each run a convolution on their
-own slice of the batch really do run on two cores.  OpenBLAS's own threads
-do not help much for minires's thin products (16-64 channels): measured on a
-2-core machine, a 3x3 convolution ran 1.36x faster with 2 BLAS threads and
-1.9x faster with the batch split over 2 threads of one BLAS thread each.
-So minires owns the cores: numpy's BLAS is set to ONE thread (once, on the
-first parallel op) and the ops split their batch over ``get_num_threads()``
-workers.
-
-Same answers on any thread count: the chunks depend only on the shapes and
-on the machine's core count (``MIN_CHUNKS``, see ``batch_chunks``), never on
-the number of threads minires runs, and partial sums (a convolution's weight
-gradient, batch-norm statistics) are added in chunk order.  One thread and
-sixteen threads on a machine therefore compute exactly the same
-floating-point operations in the same order: results are bit-identical.
+NumPy releases the GIL inside BLAS products, ufunc loops and copies, so the
+chunks really run side by side; numpy's BLAS is set to ONE thread (once, on
+the first parallel op), because splitting the batch beats OpenBLAS's own
+threads on thin products.  The chunks depend only on the shapes and the
+machine's core count, never on the thread count, and partial sums are added
+in chunk order: results are bit-identical on any number of threads.  Why
+each choice: docs/performance.md.
 
 Only the functional ops use this module (conv, batch norm, ReLU, max
 pooling); modules, blocks and the trainer read as on one core.  CuPy arrays
@@ -166,17 +157,9 @@ def batch_chunks(n, bytes_per_item, chunk_bytes=None):
 
     Depends only on the shapes and the machine's core count, not on the
     thread count: that is what makes results bit-identical on any number of
-    threads.  Why about 4 chunks per core: each chunk is a few dozen NumPy
-    calls, and each call hands the GIL over between the threads, so fewer,
-    larger chunks waste less; 4 per core still balance the load.  Measured
-    on 2 cores (ResNet-20 step, alternating in one process): 8 chunks for
-    every convolution 318.6 ms, up to 19 (4 MiB chunks, the earlier rule)
-    332.8 ms, 4 chunks 327.7 ms (the cores wait for each other at the end),
-    2 chunks 391.7 ms; one thread the same with all of them (542-545 ms).
-    No chunk below ``MIN_CHUNK_BYTES``, though: splitting a tiny batch costs
-    more than it gains, and a batch norm over 3 samples computed one sample
-    per chunk lost precision (float32 dx 7e-5 off instead of 1e-5, with
-    |mean| = 36 std)."""
+    threads.  About 4 per core: each NumPy call hands the GIL over, so fewer,
+    larger chunks waste less, and 4 per core still balance the load.  No
+    chunk below ``MIN_CHUNK_BYTES``: tiny chunks cost more than they gain."""
     chunk_bytes = CHUNK_BYTES if chunk_bytes is None else chunk_bytes
     per_item = max(1, bytes_per_item)
     spread = max(-(-n // MIN_CHUNKS), int(MIN_CHUNK_BYTES // per_item))

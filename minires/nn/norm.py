@@ -9,7 +9,8 @@ import contextlib
 
 from .. import backend
 from .checks import check_input, whole
-from .functional.norm import batch_norm_forward, batch_norm_backward, update_running_stats
+from .functional import reference_mode
+from .functional.norm import batch_norm_forward, batch_norm_backward
 from .init import DEFAULT_DTYPE
 from .module import Module, Parameter
 
@@ -85,7 +86,13 @@ class _BatchNorm(Module):
             factor = 1.0 / float(self.num_batches_tracked)
         else:
             factor = self.momentum
-        update_running_stats(self.running_mean, self.running_var, cache, n, factor)
+        # In place: running = (1 - factor)*running + factor*batch, with the
+        # UNBIASED batch variance (x n/(n-1)) for running_var, as torch does.
+        keep = 1.0 - factor
+        self.running_mean *= keep
+        self.running_mean += cache.mean * factor
+        self.running_var *= keep
+        self.running_var += cache.var * (factor * n / (n - 1))
 
     def backward(self, dy):
         cache = self._restore(dy)
@@ -136,8 +143,9 @@ def fused_bn_relu(bn, relu, x):
     the ReLU runs on each chunk of the batch norm's output while it is still
     in the cache, instead of in a pass of its own that reads and writes the
     whole activation again (and likewise backward).  Any other module in
-    ``bn``'s place (a user's replacement) runs as two calls."""
-    if isinstance(bn, _BatchNorm) and _fusing[-1]:
+    ``bn``'s place (a user's replacement) runs as two calls, and so does
+    everything in ``minires.nn.functional.reference()`` mode."""
+    if isinstance(bn, _BatchNorm) and _fusing[-1] and not reference_mode.on():
         return bn(x, relu=True)
     return relu(bn(x))
 

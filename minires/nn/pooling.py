@@ -5,10 +5,10 @@ because torch prints them that way: ``MaxPool2d(kernel_size=3, stride=2, ...)``.
 """
 from .checks import check_input, pair
 from .functional.pool import (
-    adaptive_avgpool2d_backward, adaptive_avgpool2d_forward, adaptive_output_size,
-    avgpool2d_backward, avgpool2d_forward, check_pool_args, maxpool2d_backward,
-    maxpool2d_forward, pool_geometry,
+    adaptive_avgpool2d_backward, adaptive_avgpool2d_forward, avgpool2d_backward,
+    avgpool2d_forward, maxpool2d_backward, maxpool2d_forward,
 )
+from .functional.pool_geometry import adaptive_output_size, check_pool_args, pool_geometry
 from .module import Module
 
 

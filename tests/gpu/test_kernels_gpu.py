@@ -8,7 +8,7 @@ import pytest
 
 import minires
 from minires import kernels
-from minires.nn.functional import conv as fconv
+from minires.nn.functional import conv_im2col as fconv
 from minires.optim import SGD
 from minires.nn import Parameter
 

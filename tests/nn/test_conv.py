@@ -7,7 +7,8 @@ from hypothesis import given, settings, strategies as st
 
 import minires
 from minires.nn import Conv2d
-from minires.nn.functional.conv import col2im, conv2d_backward, conv2d_forward, im2col
+from minires.nn.functional.conv import conv2d_backward, conv2d_forward
+from minires.nn.functional.conv_im2col import col2im, im2col
 from minires.testing.strategies import conv_configs as kit_conv_configs
 from tests.helpers import (assert_close, copy_params_to_torch, random_upstream, rtol_for, to_np,
                            torch_tensor, numerical_grad)
@@ -152,12 +153,23 @@ def test_col2im_is_the_adjoint_of_im2col():
         assert abs(np.vdot(col, c) - np.vdot(x, back)) <= 1e-12 * np.abs(col).sum() * np.abs(c).max()
 
 
-def test_backward_consumes_its_cache():
+@pytest.mark.parametrize("kernel, stride", [(1, 1), (3, 1), (3, 2)],
+                         ids=["pointwise", "shifted_slices", "im2col"])
+def test_backward_leaves_its_cache_as_it_was(kernel, stride):
+    """Backward reads the cache and changes nothing: a second backward from the
+    same cache gives the same bits, and the cache still holds the input."""
     rng = np.random.default_rng(4)
-    y, cache = conv2d_forward(rng.standard_normal((1, 2, 5, 5)), rng.standard_normal((3, 2, 3, 3)))
-    conv2d_backward(np.ones_like(y), cache)
-    with pytest.raises(RuntimeError, match="conv2d_backward.*already used"):
-        conv2d_backward(np.ones_like(y), cache)
+    x = rng.standard_normal((3, 2, 6, 6))
+    y, cache = conv2d_forward(x, rng.standard_normal((4, 2, kernel, kernel)), rng.standard_normal(4),
+                              stride, kernel // 2)
+    assert cache.path == {1: "pointwise", 3: "shifted_slices" if stride == 1 else "im2col"}[kernel]
+    before = tuple(cache)
+    dy = rng.standard_normal(y.shape)
+    first = conv2d_backward(dy, cache)
+    second = conv2d_backward(dy, cache)
+    assert all(a is b for a, b in zip(before, cache)) and cache.x is x
+    for a, b in zip(first, second):
+        np.testing.assert_array_equal(a, b)
 
 
 # ------------------------------------------------------------ the module vs torch.nn.Conv2d
@@ -326,36 +338,47 @@ def test_module_on_gpu_matches_torch():
 @settings(max_examples=25, deadline=None)
 @given(st.data())
 def test_fast_conv_equals_the_reference_loop(data):
-    """conv2d_forward/backward (chunked im2col, dx as a convolution of dy for
-    stride 1) against conv2d_reference, in float64, over strides, paddings
-    and dilations, with enough images for several chunks."""
+    """conv2d_forward/backward (every path: pointwise, shifted slices, chunked
+    im2col) against reference_ops' plain loop, in float64, over strides,
+    paddings, dilations, groups and bias, with enough images for several
+    chunks; and the reference itself against torch, forward and backward."""
     from minires import parallel
-    from minires.nn.functional.conv_reference import conv2d_reference
+    from minires.nn.functional import reference_ops
     k = data.draw(st.integers(1, 3), "k")
     stride, dilation = data.draw(st.integers(1, 2), "stride"), data.draw(st.integers(1, 2), "dil")
     padding = data.draw(st.integers(0, 3), "padding")
     size = data.draw(st.integers(dilation * (k - 1) + 1, 7), "size")
-    n, c, o = data.draw(st.integers(1, 9), "n"), data.draw(st.integers(1, 3), "c"), data.draw(st.integers(1, 12), "o")
+    groups = data.draw(st.sampled_from([1, 1, 2]), "groups")
+    n = data.draw(st.integers(1, 9), "n")
+    c, o = groups * data.draw(st.integers(1, 3), "c"), groups * data.draw(st.integers(1, 6), "o")
     rng = np.random.default_rng(data.draw(st.integers(0, 2**16), "seed"))
     x = rng.standard_normal((n, c, size, size))
-    w = rng.standard_normal((o, c, k, k))
-    y_ref, backward = conv2d_reference(x, w, stride, padding, dilation)
+    w = rng.standard_normal((o, c // groups, k, k))
+    b = rng.standard_normal(o) if data.draw(st.booleans(), "bias") else None
+    y_ref, ref_cache = reference_ops.conv2d_forward(x, w, b, stride, padding, dilation, groups)
     dy = rng.standard_normal(y_ref.shape)
     old = parallel.CHUNK_BYTES
     parallel.CHUNK_BYTES = 8 * c * k * k * y_ref.shape[2] * y_ref.shape[3] * 2  # chunks of 2 images
     try:
-        y, cache = conv2d_forward(x, w, None, stride, padding, dilation)
-        dx, dw, _ = conv2d_backward(dy, cache)
+        y, cache = conv2d_forward(x, w, b, stride, padding, dilation, groups)
+        dx, dw, db = conv2d_backward(dy, cache)
     finally:
         parallel.CHUNK_BYTES = old
+    dx_ref, dw_ref, db_ref = reference_ops.conv2d_backward(dy, ref_cache)
     np.testing.assert_allclose(y, y_ref, rtol=1e-12, atol=1e-12)
-    # the reference itself against torch, so this is not minires against minires
-    y_torch = TF.conv2d(torch.from_numpy(x), torch.from_numpy(w), stride=stride, padding=padding,
-                        dilation=dilation).numpy()
-    np.testing.assert_allclose(y_ref, y_torch, rtol=1e-10, atol=1e-10)
-    dx_ref, dw_ref = backward(dy)
     np.testing.assert_allclose(dx, dx_ref, rtol=1e-12, atol=1e-12)
     np.testing.assert_allclose(dw, dw_ref, rtol=1e-12, atol=1e-12)
+    # the reference against torch, so this is not minires against minires
+    tx, tw = (torch.from_numpy(a).requires_grad_(True) for a in (x, w))
+    tb = None if b is None else torch.from_numpy(b).requires_grad_(True)
+    ty = TF.conv2d(tx, tw, tb, stride=stride, padding=padding, dilation=dilation, groups=groups)
+    ty.backward(torch.from_numpy(dy))
+    assert_close(y_ref, ty, 1e-10, "y")
+    assert_close(dx_ref, tx.grad, 1e-10, "dx")
+    assert_close(dw_ref, tw.grad, 1e-10, "dW")
+    if b is not None:
+        assert_close(db_ref, tb.grad, 1e-10, "db")
+        np.testing.assert_allclose(db, db_ref, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("o, size, stride", [(4, 16, 1), (3, 32, 2), (20, 2, 1), (40, 3, 2)],
@@ -365,7 +388,7 @@ def test_shape_dependent_products_match_torch(o, size, stride):
     """The products that change with the shapes: output columns in 64-wide
     blocks (few channels, P a multiple of 64) and the weight gradient as one
     product over the chunk (more output channels than pixels)."""
-    from minires.nn.functional.conv import BLOCK_COLUMNS
+    from minires.nn.functional.conv_im2col import BLOCK_COLUMNS
     rng = np.random.default_rng(7)
     x = rng.standard_normal((5, 3, size, size))
     w = rng.standard_normal((o, 3, 3, 3))
@@ -399,11 +422,6 @@ def test_stride1_path_without_im2col_matches_torch(monkeypatch, k, padding, dila
     (by kernel rows, or one per offset)."""
     from minires import parallel
     from minires.nn.functional import conv_shifted
-    calls = []
-    for name in ("wide_conv", "wide_backward"):
-        real = getattr(conv_shifted, name)
-        monkeypatch.setattr(conv_shifted, name,
-                            lambda *a, _real=real, _name=name: calls.append(_name) or _real(*a))
     monkeypatch.setattr(conv_shifted, "STACKED_WEIGHT_GRAD_TERMS", 1000 if stack else 0)
     monkeypatch.setattr(parallel, "CHUNK_BYTES", 4096)  # a few images per chunk
     monkeypatch.setattr(parallel, "MIN_CHUNKS", 1)
@@ -418,7 +436,7 @@ def test_stride1_path_without_im2col_matches_torch(monkeypatch, k, padding, dila
         dx, dw, db = conv2d_backward(dy, cache)
     finally:
         parallel.set_num_threads(parallel.available_cores())
-    assert calls[:2] == ["wide_conv", "wide_backward"], "the stride-1 path was not taken"
+    assert cache.path == "shifted_slices", "the stride-1 path was not taken"
     tx = torch.from_numpy(x).requires_grad_(True)
     tw = torch.from_numpy(w).requires_grad_(True)
     tb = torch.from_numpy(b).requires_grad_(True) if bias else None

@@ -2,3 +2,6 @@
 
 One file per family; each op's backward sits a few lines below its forward.
 """
+from .reference_mode import reference
+
+__all__ = ["reference"]  # with reference(): every op runs its plain version (reference_ops.py)

@@ -1,44 +1,31 @@
-"""Stride-1 convolution without im2col: a few products over shifted slices.
+"""The shifted-slices convolution path: stride 1 without im2col.
 
 A stride-1 convolution reads, for kernel offset (ky, kx), the input shifted
-by (ky*dil_h - top, kx*dil_w - left).  Lay each channel's image out flat and
-a shift in y is a shift of ``ky*dil_h`` whole rows: a plain slice, no copy.
+by (ky*dil_h - top, kx*dil_w - left).  Lay each channel's image out flat
+and a shift in y is a shift of ``ky*dil_h`` whole rows: a plain slice.
 
 * 'Same'-width convolutions (left + right = dil_w*(kw-1), so OW = W: every
   stride-1 3x3 pad-1 conv of a ResNet).  For each column offset kx, one
-  copy of the image shifted by kx*dil_w - left: one long contiguous run per
-  channel, then the few columns that wrapped round from the next or last
-  row set to zero, and zero rows above and below for the vertical padding
-  (``_column_shifted``).  Stacked, these are ``rows[(kx, c), r*W + col]``,
-  and each kernel ROW is one product
+  copy of the image shifted by kx*dil_w - left, its wrapped-round columns
+  zeroed (``_column_shifted_copies``).  Stacked, these are
+  ``rows[(kx, c), r*W + col]``, and each kernel ROW is one product
 
       y += W[:, :, ky, :] @ rows[:, ky*dil_h*W : ky*dil_h*W + OH*W]      (O, kw*C) @ (kw*C, OH*W)
 
-  written straight into y: its rows are W wide too, nothing to crop.
-* Any other padding (valid, uneven): the image is padded and laid out flat
-  with rows Wp wide (``_flat_padded``); one product per offset (ky, kx) over
-  ``flat[:, ky*dil_h*Wp + kx*dil_w : ... + OH*Wp]``, on a "wide" grid whose
+  written straight into y.
+* Any other padding: the image padded and laid out flat with rows Wp wide
+  (``_flat_padded``); one product per offset (ky, kx) on a "wide" grid whose
   last Wp - OW columns of each row are junk and get dropped.
 
-The weight gradient is the same slices the other way round,
-dW[..., ky, kx] = sum over images of dy @ slice^T (dy on the wide grid, zeros
-in the junk columns, for the padded layout).  dx of a stride-1 convolution
-is itself a stride-1 convolution of dy (flipped kernel, see
-``conv._full_padding``), so it comes from the same products; the backward
-does dW and dx in one pass over the batch.
-
-Why: im2col copies runs of only 8-32 values, which cost as much as the
-products themselves, and products with only C = 16 terms run far below
-OpenBLAS's peak.  Measured at batch 128 on 2 cores against the padded
-layout with one product per offset: forward 7.5 -> 5.9 ms at 16 channels
-(32x32), 4.7 -> 3.7 at 32 (16x16), 4.1 -> 3.7 at 64 (8x8); backward
-12.2 -> 11.1, 9.9 -> 9.4, 9.7 -> 8.9.  CPU only, stride 1, one group;
-``conv.py`` keeps im2col for everything else (and the GPU, whose im2col is
-one kernel).  The batch runs in chunks on all cores, partial weight
-gradients are added in chunk order: the same bits on any thread count.
+dW is the same slices the other way round; dx of a stride-1 convolution is
+a stride-1 convolution of dy by the flipped kernel (see
+``conv_geometry.dx_as_conv_padding``), so it comes from the same products.
+CPU only, stride 1, one group.  Why: docs/performance.md.
 """
+from ...backend import get_array_module
 from ... import parallel
 from . import workspace
+from .conv_geometry import dx_as_conv_padding
 
 STACKED_WEIGHT_GRAD_TERMS = 64  # dW by kernel rows below kw*C terms (see _weight_grad_rows)
 
@@ -57,7 +44,7 @@ def _same_width(shape, kernel, pads, dilation):
 
 # ---------------------------------------------------------------- 'same'-width layout
 
-def _column_shifted(xp, x, kw, dil_w, pads):
+def _column_shifted_copies(xp, x, kw, dil_w, pads):
     """rows (m, kw, C, Hp*W), a borrowed buffer: rows[:, kx, c, r*W + col] =
     x[:, c, r - top, col + kx*dil_w - left], zero outside the image."""
     m, c, h, w = x.shape
@@ -82,7 +69,7 @@ def _column_shifted(xp, x, kw, dil_w, pads):
     return rows
 
 
-def _conv_rows(xp, rows, w_rows, dil_h, w, out_mat):
+def _products_by_kernel_row(xp, rows, w_rows, dil_h, w, out_mat):
     """out_mat (m, O, OH*W) = sum over kernel rows ky of
     w_rows[ky] (O, kw*C) @ rows[:, :, ky*dil_h*W : ... + OH*W]."""
     m, kw, c, length = rows.shape
@@ -146,7 +133,7 @@ def _flat_padded(xp, x, pads, length):
     return flat
 
 
-def _conv_padded(xp, flat, weight, geometry, dilation, out):
+def _products_by_offset(xp, flat, weight, geometry, dilation, out):
     """out (m, O, OH, OW) from one chunk's flat padded images: a product per offset."""
     o, _, kh, kw = weight.shape
     _, wp, oh, ow, _ = geometry
@@ -187,9 +174,10 @@ def _weight_grad_padded(xp, flat, dy, geometry, kernel, dilation):
 
 # ---------------------------------------------------------------- the two passes
 
-def wide_conv(xp, x, weight, pads, dilation, out):
+def shifted_slices_forward(x, weight, pads, dilation, out):
     """out (N, O, OH, OW) = the stride-1, one-group convolution of x (N, C, H, W)
     by weight (O, C, kh, kw) with padding (top, bottom, left, right)."""
+    xp = get_array_module(x)
     n, c = x.shape[:2]
     o, _, kh, kw = weight.shape
     hp, wp, oh, ow, length = _geometry(x.shape, (kh, kw), pads, dilation)
@@ -198,29 +186,33 @@ def wide_conv(xp, x, weight, pads, dilation, out):
         w_rows = _kernel_rows(xp, weight)
 
         def one(s):
-            rows = _column_shifted(xp, x[s], kw, dilation[1], pads)
-            _conv_rows(xp, rows, w_rows, dilation[0], ow, out[s].reshape(-1, o, oh * ow))
+            rows = _column_shifted_copies(xp, x[s], kw, dilation[1], pads)
+            _products_by_kernel_row(xp, rows, w_rows, dilation[0], ow, out[s].reshape(-1, o, oh * ow))
             workspace.give_back(rows)
         per_image = (kw * c * hp * ow + 2 * o * oh * ow) * itemsize
     else:
         def one(s):
             flat = _flat_padded(xp, x[s], pads, length)
-            _conv_padded(xp, flat, weight, (hp, wp, oh, ow, length), dilation, out[s])
+            _products_by_offset(xp, flat, weight, (hp, wp, oh, ow, length), dilation, out[s])
             workspace.give_back(flat)
         per_image = (c * length + 2 * o * oh * wp) * itemsize
     parallel.map_chunks(one, parallel.batch_chunks(n, per_image), like=x)
     return out
 
 
-def wide_backward(xp, x, dy, weight, pads, full_pads, dilation, dx):
-    """dW (returned) and dx (written into ``dx``) of ``wide_conv``'s
-    convolution, in one pass over the batch.  dx is the convolution of dy,
-    padded by ``full_pads``, with the flipped kernel (channels swapped)."""
+def shifted_slices_backward(dy, cache):
+    """(dx, dW, db) of ``shifted_slices_forward``'s convolution (a ``ConvCache``),
+    dW and dx in one pass over the batch.  dx is the convolution of dy,
+    padded by ``dx_as_conv_padding``, with the flipped kernel (channels swapped)."""
+    xp = get_array_module(dy)
+    x, weight, pads, dilation = cache.x, cache.weight, cache.padding, cache.dilation
     n, c = x.shape[:2]
     o, _, kh, kw = weight.shape
+    full_pads = dx_as_conv_padding((1, 1), 1, (kh, kw), dilation, pads)
     geometry = _geometry(x.shape, (kh, kw), pads, dilation)
     hp, wp, oh, ow, length = geometry
     w_flip = weight[:, :, ::-1, ::-1].transpose(1, 0, 2, 3)  # (C, O, kh, kw)
+    dx = xp.empty(x.shape, dtype=dy.dtype)
     itemsize = x.dtype.itemsize
     same_width = _same_width(x.shape, (kh, kw), pads, dilation)
     if same_width:  # then dx's convolution is 'same'-width too
@@ -229,11 +221,11 @@ def wide_backward(xp, x, dy, weight, pads, full_pads, dilation, dx):
         hp_dy = oh + full_pads[0] + full_pads[1]
 
         def one(s):
-            rows = _column_shifted(xp, x[s], kw, dilation[1], pads)
+            rows = _column_shifted_copies(xp, x[s], kw, dilation[1], pads)
             grad = _weight_grad_rows(xp, rows, dy[s].reshape(-1, o, oh * ow), kh, dilation[0], ow)
             workspace.give_back(rows)
-            rows = _column_shifted(xp, dy[s], kw, dilation[1], full_pads)
-            _conv_rows(xp, rows, w_rows, dilation[0], ow, dx[s].reshape(-1, c, h * ow))
+            rows = _column_shifted_copies(xp, dy[s], kw, dilation[1], full_pads)
+            _products_by_kernel_row(xp, rows, w_rows, dilation[0], ow, dx[s].reshape(-1, c, h * ow))
             workspace.give_back(rows)
             return grad
         per_image = (kw * c * hp * ow + kw * o * hp_dy * ow + 2 * c * h * ow) * itemsize
@@ -246,5 +238,7 @@ def wide_backward(xp, x, dy, weight, pads, full_pads, dilation, dx):
         per_image = (c * length + o * oh * wp) * itemsize
     parts = parallel.map_chunks(one, parallel.batch_chunks(n, per_image), like=x)
     if not same_width:  # dx apart: its own geometry decides its layout
-        wide_conv(xp, dy, w_flip, full_pads, dilation, dx)
-    return xp.ascontiguousarray(parallel.sum_in_order(parts))
+        shifted_slices_forward(dy, w_flip, full_pads, dilation, dx)
+    dw = xp.ascontiguousarray(parallel.sum_in_order(parts))
+    db = dy.sum(axis=(0, 2, 3)) if cache.has_bias else None
+    return dx, dw, db

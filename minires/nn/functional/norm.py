@@ -4,22 +4,17 @@ BatchNorm1d's (N, C) and (N, C, L) inputs and BatchNorm2d's (N, C, H, W) all
 reshape to (N, C, M) (M = 1, L or H*W), so one op serves both: statistics are
 per channel, over axes 0 and 2, n = N*M values each.
 
-Speed notes (memory traffic dominates): every pass over the (N, C, M) data
-runs in batch chunks on all cores (``minires.parallel``), and per-channel
-sums are added over the chunks in chunk order, so any thread count gives the
-same bits.  Reductions run over the contiguous axis 2 first, then over N
-(pairwise summation along M keeps float32 sums accurate); sums of products
-use einsum.  The normalised input is never materialised: the cache keeps x
-itself (no copy) with the per-channel mean and inverse std, and ``x - mean``
-exists only a chunk at a time, while that chunk is in the CPU's cache.  So
-the forward reads x twice and writes y once; the backward reads dy and x
-twice and writes dx once.  Every array keeps the input's dtype:
-Python-float constants do not promote float32 to float64.
+Every pass runs in batch chunks on all cores, per-channel sums added in
+chunk order (the same bits on any thread count), over the contiguous axis 2
+first (pairwise, accurate in float32).  The cache keeps x itself, not the
+normalised copy: ``x - mean`` exists a chunk at a time.  Why:
+docs/performance.md.  The plain version: ``reference_ops.batch_norm_forward``.
 """
 from collections import namedtuple
 
 from ...backend import get_array_module
 from ... import parallel
+from . import reference_mode, reference_ops
 
 BatchNormCache = namedtuple(
     "BatchNormCache",
@@ -43,16 +38,9 @@ ROWS_MAX_BYTES = 256 << 10  # full per-channel rows up to this size (see _rows)
 
 
 def _rows(v, m):
-    """The per-channel vector v (C,) as a (C, M) operand for a chunk (n, C, M).
-
-    Why: NumPy broadcasts a (C, 1) operand over a contiguous chunk 1.6-2x
-    slower than it combines two full arrays (measured on 1 MiB chunks: 96
-    against 46 microseconds for a subtraction, filling the rows included),
-    and these per-channel passes are most of batch norm's time.  So small
-    ones are made as full rows, once per op, shared by every chunk and kept
-    in the cache.  Large ones (ResNet-18's 64 x 112*112: 3 MiB, as big as a
-    chunk) would only add memory traffic (measured 1.5x slower): those stay
-    the (C, 1) broadcast."""
+    """The per-channel vector v (C,) as a (C, M) operand for a chunk (n, C, M):
+    full rows up to ``ROWS_MAX_BYTES`` (NumPy combines two full arrays faster
+    than it broadcasts a (C, 1) one), else the (C, 1) broadcast."""
     xp = get_array_module(v)
     if v.shape[0] * m * v.dtype.itemsize > ROWS_MAX_BYTES:
         return v[:, None]
@@ -147,11 +135,12 @@ def batch_norm_forward(x, weight, bias, eps=1e-5, running_mean=None, running_var
     ``batch_mean_var``: the batch statistics computed elsewhere (SyncBatchNorm:
     over every rank's shard), used as this batch's own.
     ``relu=True``: y = relu(batch_norm(x)), the ReLU applied to each chunk
-    while it is in the cache, and undone by ``batch_norm_backward`` the same
-    way.  Why: a separate ReLU reads and writes the whole activation once more
-    each way, and these passes are bound by memory, not arithmetic (measured
-    in a ResNet-20 step on 2 cores: see README, CPU speed).
+    while it is in the cache (one pass less each way), and undone by
+    ``batch_norm_backward`` the same way.
     """
+    if reference_mode.on():
+        return reference_ops.batch_norm_forward(x, weight, bias, eps, running_mean, running_var,
+                                                batch_mean_var, relu)
     xp = get_array_module(x)
     mask = xp.empty(x.shape, dtype=bool) if relu else None
     batch_stats = running_mean is None
@@ -170,11 +159,9 @@ def batch_norm_forward(x, weight, bias, eps=1e-5, running_mean=None, running_var
         mean_rows, scale_rows = _rows(mean, m), _rows(scale, m)
         bias_rows = None if bias is None else _rows(bias, m)
 
-        # (x - mean) * scale, not torch's x * scale + (bias - mean * scale):
-        # that form saves one pass (BN ~12% faster, measured) but rounds
-        # values near 0 to 0 by cancellation, right at the next ReLU's kink
-        # (a ResNet-20 float32 parity test flipped a mask: 0.0 here, 3.1e-7
-        # in float64).  The subtraction is exact near the mean.
+        # (x - mean) * scale, not x * scale + (bias - mean * scale): one pass
+        # more, but no cancellation that rounds values near 0 (the next
+        # ReLU's kink) to exactly 0.
         def one(s):  # y = (x - mean) * scale + bias, a chunk at a time
             xp.subtract(x[s], mean_rows, out=y[s])
             y[s] *= scale_rows
@@ -211,6 +198,8 @@ def batch_norm_backward(dy, cache, n=None, reduce_sums=None):
     sums into the global batch's, and ``n`` is the global count; dweight and
     dbias stay this shard's share (the gradient allreduce adds the shares).
     """
+    if reference_ops.owns(cache):
+        return reference_ops.batch_norm_backward(dy, cache, n, reduce_sums)
     xp = get_array_module(dy)
     batch_stats, x, inv_std, weight, has_bias, mean, _, mask = cache
     n = dy.shape[0] * dy.shape[2] if n is None else n
@@ -257,13 +246,3 @@ def batch_norm_backward(dy, cache, n=None, reduce_sums=None):
         dx[s] += c_rows
     parallel.map_chunks(one, parallel.batch_slices(dy), like=dy)
     return dx, dweight if need_dweight else None, dbias if has_bias else None
-
-
-def update_running_stats(running_mean, running_var, cache, n, factor):
-    """In place: running = (1 - factor)*running + factor*batch, with the
-    UNBIASED batch variance (x n/(n-1)) for running_var, as torch does."""
-    keep = 1.0 - factor
-    running_mean *= keep
-    running_mean += cache.mean * factor
-    running_var *= keep
-    running_var += cache.var * (factor * n / (n - 1))

@@ -6,64 +6,12 @@ batch: Chainer's trick.  The backward passes mirror that loop with strided-slice
 ``+=``, which is how overlapping windows (stride < kernel) accumulate without
 ``np.add.at``.
 
-Geometry follows torch exactly, including ``ceil_mode``: the output size is
-``floor((H + 2p - d(k-1) - 1 [+ s-1 when ceil]) / s) + 1``, and with ceil_mode a
-last window that would start past the input's right edge (in the right padding)
-is dropped.
+Geometry follows torch exactly, including ``ceil_mode`` (``pool_geometry.py``).
 """
 from ...backend import get_array_module
 from ... import parallel
-from ..checks import pair
-
-
-# ---------------------------------------------------------------- geometry
-
-def pool_output_size(size, kernel, stride, padding, dilation=1, ceil_mode=False):
-    """One axis's output length, torch's ``pooling_output_shape``.  May be < 1."""
-    span = dilation * (kernel - 1) + 1
-    extra = stride - 1 if ceil_mode else 0
-    out = (size + 2 * padding - span + extra) // stride + 1
-    # ceil_mode may add a window; torch keeps it only when it starts inside the
-    # input or the left padding, never in the right padding.
-    if ceil_mode and (out - 1) * stride >= size + padding:
-        out -= 1
-    return out
-
-
-def pool_geometry(layer, shape, kernel_size, stride, padding, dilation=1, ceil_mode=False):
-    """Normalise the arguments to pairs, validate them against torch's rules and
-    the input ``shape`` (N, C, H, W), and return ``(k, s, p, d, (OH, OW))``.
-
-    Every error is a ValueError that names ``layer``."""
-    k = pair(kernel_size, "kernel_size")
-    s = k if stride is None else pair(stride, "stride")
-    p = pair(padding, "padding")
-    d = pair(dilation, "dilation")
-    check_pool_args(layer, k, s, p, d)
-    H, W = shape[-2], shape[-1]
-    oh = pool_output_size(H, k[0], s[0], p[0], d[0], ceil_mode)
-    ow = pool_output_size(W, k[1], s[1], p[1], d[1], ceil_mode)
-    if oh < 1 or ow < 1:
-        dil = f", dilation={d}" if d != (1, 1) else ""
-        raise ValueError(
-            f"{layer}: kernel_size={k}{dil} is larger than the padded input: input shape "
-            f"{tuple(shape)} with padding={p} is {H + 2 * p[0]}x{W + 2 * p[1]}, giving an "
-            f"output of {oh}x{ow}; use a smaller kernel or a larger input")
-    return k, s, p, d, (oh, ow)
-
-
-def check_pool_args(layer, k, s, p, d=(1, 1)):
-    """torch's argument rules, as ValueErrors naming ``layer``."""
-    if min(k) < 1 or min(s) < 1 or min(d) < 1:
-        raise ValueError(f"{layer}: kernel_size, stride and dilation must be positive, "
-                         f"got kernel_size={k}, stride={s}, dilation={d}")
-    if min(p) < 0:
-        raise ValueError(f"{layer}: padding must be non-negative, got padding={p}")
-    # torch: "pad should be at most half of kernel size" (kernel_size // 2, the raw
-    # kernel even when dilated), so a window never lies wholly in the padding.
-    if p[0] > k[0] // 2 or p[1] > k[1] // 2:
-        raise ValueError(f"{layer}: padding should be at most half of kernel_size "
-                         f"(padding <= kernel_size // 2), got padding={p}, kernel_size={k}")
+from . import reference_mode, reference_ops
+from .pool_geometry import adaptive_bins, adaptive_output_size, pool_geometry
 
 
 def _padded(x, p, needed, fill):
@@ -112,6 +60,8 @@ def maxpool2d_forward(x, kernel_size, stride=None, padding=0, dilation=1, ceil_m
     The batch runs in chunks on all cores (``minires.parallel``), each chunk's
     whole offset loop while it is in the cache; per-pixel results, so any
     thread count gives the same bits."""
+    if reference_mode.on():
+        return reference_ops.maxpool2d_forward(x, kernel_size, stride, padding, dilation, ceil_mode)
     xp = _xp(x)
     k, s, p, d, out = pool_geometry("maxpool2d_forward", x.shape, kernel_size, stride,
                                     padding, dilation, ceil_mode)
@@ -142,6 +92,8 @@ def maxpool2d_forward(x, kernel_size, stride=None, padding=0, dilation=1, ceil_m
 
 def maxpool2d_backward(dy, cache):
     """dx: each dy goes to its window's argmax, summed where windows overlap."""
+    if reference_ops.owns(cache):
+        return reference_ops.maxpool2d_backward(dy, cache)
     xp = _xp(dy)
     argmax, x_shape, pad_shape, k, s, p, d = cache
     out = dy.shape[-2:]
@@ -177,6 +129,9 @@ def _avg_divisor_1d(size, kernel, stride, padding, out, count_include_pad):
 def avgpool2d_forward(x, kernel_size, stride=None, padding=0, ceil_mode=False,
                       count_include_pad=True, divisor_override=None):
     """Mean over each window (torch.nn.functional.avg_pool2d)."""
+    if reference_mode.on():
+        return reference_ops.avgpool2d_forward(x, kernel_size, stride, padding, ceil_mode, count_include_pad,
+                                                 divisor_override)
     xp = _xp(x)
     k, s, p, d, out = pool_geometry("avgpool2d_forward", x.shape, kernel_size, stride,
                                     padding, 1, ceil_mode)
@@ -203,6 +158,8 @@ def _avg_divisor(xp, dtype, size, k, s, p, out, count_include_pad, divisor_overr
 
 def avgpool2d_backward(dy, cache):
     """dx: each window's dy / divisor spread over its (in-input) positions."""
+    if reference_ops.owns(cache):
+        return reference_ops.avgpool2d_backward(dy, cache)
     xp = _xp(dy)
     divisor, x_shape, pad_shape, k, s, p = cache
     out = dy.shape[-2:]
@@ -216,29 +173,10 @@ def avgpool2d_backward(dy, cache):
 
 # ---------------------------------------------------------------- adaptive average
 
-def adaptive_output_size(layer, shape, output_size):
-    """(OH, OW) from an int, a pair, or a pair with None ("keep that size")."""
-    if isinstance(output_size, (tuple, list)):
-        if len(output_size) != 2:
-            raise ValueError(f"{layer}: output_size must be an int or a pair, "
-                             f"got {output_size!r}")
-        oh, ow = output_size
-    else:
-        oh = ow = output_size
-    oh = shape[-2] if oh is None else int(oh)
-    ow = shape[-1] if ow is None else int(ow)
-    if oh < 1 or ow < 1:
-        raise ValueError(f"{layer}: output_size must be positive, got {output_size!r}")
-    return oh, ow
-
-
-def _adaptive_bins(size, out):
-    """torch's bins [floor(i*size/out), ceil((i+1)*size/out)); they may overlap."""
-    return [(i * size // out, -(-(i + 1) * size // out)) for i in range(out)]
-
-
 def adaptive_avgpool2d_forward(x, output_size):
     """torch.nn.functional.adaptive_avg_pool2d."""
+    if reference_mode.on():
+        return reference_ops.adaptive_avgpool2d_forward(x, output_size)
     xp = _xp(x)
     N, C, H, W = x.shape
     oh, ow = adaptive_output_size("adaptive_avgpool2d_forward", x.shape, output_size)
@@ -253,13 +191,15 @@ def adaptive_avgpool2d_forward(x, output_size):
     # mean over its columns, so pool H then W (oh + ow slices, not oh*ow).
     t = x
     if oh != H:
-        t = xp.stack([t[:, :, a:b, :].mean(axis=2) for a, b in _adaptive_bins(H, oh)], axis=2)
+        t = xp.stack([t[:, :, a:b, :].mean(axis=2) for a, b in adaptive_bins(H, oh)], axis=2)
     if ow != W:
-        t = xp.stack([t[:, :, :, a:b].mean(axis=3) for a, b in _adaptive_bins(W, ow)], axis=3)
+        t = xp.stack([t[:, :, :, a:b].mean(axis=3) for a, b in adaptive_bins(W, ow)], axis=3)
     return t, ("bins", x.shape)
 
 
 def adaptive_avgpool2d_backward(dy, cache):
+    if reference_ops.owns(cache):
+        return reference_ops.adaptive_avgpool2d_backward(dy, cache)
     xp = _xp(dy)
     kind, (N, C, H, W) = cache
     oh, ow = dy.shape[-2:]
@@ -273,12 +213,12 @@ def adaptive_avgpool2d_backward(dy, cache):
     g = dy
     if ow != W:
         gw = xp.zeros((N, C, g.shape[2], W), dtype=dy.dtype)
-        for j, (a, b) in enumerate(_adaptive_bins(W, ow)):
+        for j, (a, b) in enumerate(adaptive_bins(W, ow)):
             gw[:, :, :, a:b] += g[:, :, :, j:j + 1] / (b - a)
         g = gw
     if oh != H:
         gh = xp.zeros((N, C, H, W), dtype=dy.dtype)
-        for i, (a, b) in enumerate(_adaptive_bins(H, oh)):
+        for i, (a, b) in enumerate(adaptive_bins(H, oh)):
             gh[:, :, a:b, :] += g[:, :, i:i + 1, :] / (b - a)
         g = gh
     return g

@@ -1,12 +1,8 @@
 """Scratch buffers that are reused across calls instead of freshly allocated.
 
-Why: im2col's column buffer is large (75 MB for a 16-channel 32x32 layer at
-batch 128) and needed only for a moment.  A fresh array that size comes
-straight from the operating system (glibc mmaps anything over 32 MB and
-unmaps it on free), and the first write to each of its pages is a page fault.
-Measured on the 2-core benchmark machine, those faults made the im2col copy
-about 3x slower inside a ResNet-20 step than the copy itself.  Handing the
-same buffer back and forth avoids all of it after the first step.
+Why: a fresh buffer as large as im2col's columns comes straight from the
+operating system, and the page faults of its first writes cost more than the
+copy itself (docs/performance.md).
 
 Usage, always in pairs and only for arrays that do not escape the op:
 
