@@ -2,16 +2,28 @@
 
 Every flag is checked before any data is loaded or model built; a user error
 is raised as a ``minires.errors.UserError`` and printed as one line."""
+import argparse
 import dataclasses
 import json
 import os
 import sys
 import time
 
+import numpy as np
+
+from . import train  # train.Trainer, looked up at call time (tests replace it)
+from .budget import process_start
+from .checkpoint import load_checkpoint
 from .cmdline import add_eval_view_arguments, device_error
+from .config import TrainConfig
+from .convert import load_pretrained
+from .data import download_cifar10, load_cifar10, resolve_data_root
+from .engine import NonFiniteLoss, build_model, evaluate
 from .errors import CommandError
-from .interrupts import NAMES, Interrupted, signal_of
 from .fileio import atomic_write_bytes
+from .inference import load_trained
+from .interrupts import NAMES, Interrupted, signal_of
+from .metrics import confusion_matrix, format_report, per_class
 from .recipes import RECIPES
 
 # What --resume compares with the run's saved config.json: the settings that
@@ -37,13 +49,13 @@ def configure_train(p):
     p.add_argument("--lr", type=float, help="peak learning rate")
     p.add_argument("--schedule", choices=["onecycle", "multistep", "cosine", "constant"])
     p.add_argument("--momentum", type=float)
-    p.add_argument("--nesterov", action=__import__("argparse").BooleanOptionalAction, default=None)
+    p.add_argument("--nesterov", action=argparse.BooleanOptionalAction, default=None)
     p.add_argument("--weight-decay", type=float)
     p.add_argument("--label-smoothing", type=float)
     p.add_argument("--warmup-epochs", type=float)
     p.add_argument("--pct-start", type=float, help="one-cycle: the fraction of steps warming up")
     p.add_argument("--anneal", choices=["cos", "linear"], help="one-cycle: how the lr anneals")
-    p.add_argument("--wd-bn-bias", action=__import__("argparse").BooleanOptionalAction,
+    p.add_argument("--wd-bn-bias", action=argparse.BooleanOptionalAction,
                    default=None, help="weight decay on batch-norm and bias parameters too "
                                       "(the budget recipe: --no-wd-bn-bias)")
     p.add_argument("--ema", type=float, metavar="DECAY",
@@ -104,8 +116,6 @@ def _same_setting(name, saved, given):
 def _resumed_config(args, over):
     """The config of the run in --out, checked against the flags given: a
     changed setting is an error unless --resume-override, which is recorded."""
-    from .checkpoint import load_checkpoint
-    from .train import TrainConfig
     out = args.out
     if out is None:
         raise CommandError("--resume needs --out, the run folder to continue")
@@ -139,7 +149,10 @@ def _resumed_config(args, over):
     cfg.out = out
     if changed:
         log = os.path.join(out, "resume_overrides.jsonl")
-        before = open(log, "rb").read() if os.path.exists(log) else b""
+        before = b""
+        if os.path.exists(log):
+            with open(log, "rb") as f:
+                before = f.read()
         line = json.dumps({"time": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                            "changed": {k: {"was": old, "now": new}
                                        for k, (old, new) in changed.items()}})
@@ -147,8 +160,16 @@ def _resumed_config(args, over):
     return cfg
 
 
+def settings_from_flags(args):
+    """The TrainConfig settings the flags give, by name (None: not given)."""
+    given = vars(args)
+    settings = {f.name: given[f.name] for f in dataclasses.fields(TrainConfig) if f.name in given}
+    settings["no_decay_bn_bias"] = None if args.wd_bn_bias is None else not args.wd_bn_bias
+    settings["progress"] = not args.no_progress
+    return settings
+
+
 def run_train(args):
-    from .train import TrainConfig, Trainer, NonFiniteLoss
     if (args.sync_bn or args.dist_timeout is not None) and not args.distributed:
         raise CommandError("--sync-bn and --dist-timeout need --distributed")
     if args.resume_override and not args.resume:
@@ -156,24 +177,12 @@ def run_train(args):
     if args.init_from and args.resume:
         raise CommandError("--init-from starts a new run from given weights; --resume continues "
                            "a run from its own checkpoint: give one of them")
-    over = dict(model=args.model, data=args.data, epochs=args.epochs, batch_size=args.batch_size,
-                lr=args.lr, schedule=args.schedule, momentum=args.momentum,
-                nesterov=args.nesterov, weight_decay=args.weight_decay,
-                label_smoothing=args.label_smoothing, warmup_epochs=args.warmup_epochs,
-                pct_start=args.pct_start, anneal=args.anneal, ema=args.ema, tta=args.tta,
-                eval_every=args.eval_every, early_crop=args.early_crop,
-                early_fraction=args.early_fraction,
-                no_decay_bn_bias=None if args.wd_bn_bias is None else not args.wd_bn_bias,
-                device=args.device, seed=args.seed, time_budget=args.time_budget,
-                max_steps=args.max_steps, train_subset=args.train_subset,
-                progress=not args.no_progress, checkpoint_every=args.checkpoint_every,
-                distributed=args.distributed,
-                sync_bn=args.sync_bn, dist_timeout=args.dist_timeout)
+    over = settings_from_flags(args)
     if args.resume:
         cfg = _resumed_config(args, over)
     else:
         recipe = args.recipe or ("budget" if args.time_budget is not None else "fast")
-        cfg = TrainConfig.from_recipe(recipe, **over, init_from=args.init_from)
+        cfg = TrainConfig.from_recipe(recipe, **over)
         cfg.out = args.out or f"runs/{cfg.model}"
         if os.path.exists(os.path.join(cfg.out, "last.ckpt")):
             raise CommandError(f"--out {cfg.out} already holds a run (last.ckpt): continue it "
@@ -195,19 +204,15 @@ def run_train(args):
         # Under MPI only rank 0 needs the file (the Trainer loads it there and
         # broadcasts the weights): another rank checks it only where it sees it
         # (one machine, a shared file system), so that a bad file stops all ranks.
-        from .convert import load_pretrained
-        from .engine import build_model
         load_pretrained(build_model(cfg.model), cfg.init_from)
     callbacks = []
     if args.tensorboard is not None:  # no tensorboardX: an error before any download
         from .tensorboard import TensorBoardLogger
         callbacks.append(TensorBoardLogger(args.tensorboard or None))
     if args.download:
-        from .data import download_cifar10, resolve_data_root
         download_cifar10(resolve_data_root(cfg.data))
-    from .budget import process_start
     # with --distributed, one MPIRanks worker per rank; a budget counts from the process's start
-    trainer = Trainer(cfg, callbacks=callbacks, started_at=process_start())
+    trainer = train.Trainer(cfg, callbacks=callbacks, started_at=process_start())
     try:
         hist = trainer.run(resume=args.resume)
     except NonFiniteLoss as e:
@@ -247,11 +252,6 @@ def configure_eval(p):
 
 
 def run_eval(args):
-    import numpy as np
-    from .data import load_cifar10
-    from .inference import load_trained
-    from .metrics import confusion_matrix, format_report, per_class
-    from .train import evaluate
     err = device_error(args.device)
     if err:
         raise CommandError(err)

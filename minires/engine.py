@@ -70,6 +70,17 @@ def build_schedule(opt, cfg, total_steps, steps_per_epoch):
     raise ValueError(f"unknown schedule {cfg.schedule!r}: onecycle, multistep, cosine, constant")
 
 
+def schedule_steps(cfg, total_steps):
+    """``total_steps``, or one fewer where one-cycle would get a warm-up of zero
+    length (``pct_start * total_steps == 1``: torch divides by zero there, and
+    ``OneCycleLR`` refuses).  A time budget may fit any step count; one fewer
+    is always fine (``pct_start * (total_steps - 1) = 1 - pct_start``)."""
+    if (cfg.schedule == "onecycle" and total_steps > 1
+            and float(cfg.pct_start * total_steps) - 1 == 0):
+        return total_steps - 1
+    return total_steps
+
+
 def resume_optimizer(opt, sched, opt_state, sched_state):
     """Continue ``opt`` and ``sched`` (freshly built from the run's settings)
     from a checkpoint: the momentum buffers and the step count come from the

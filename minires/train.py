@@ -1,10 +1,8 @@
 """The training loop: epochs, evaluation, metrics, checkpoints and resume.
 
-One step (``engine.train_step``), as data flows: the loader thread yields a
-normalised, augmented float32 NCHW batch (already on the device);
-``logits = model(x)``; ``loss = crit(logits, y)``;
-``model.backward(crit.backward())`` fills every ``p.grad``; ``opt.step()``;
-``sched.step()``; ``opt.zero_grad()``.
+An epoch is loop -> step (``engine.train_step``, where one step's data flow
+is written out) -> meter (``epoch_meter.EpochMeter``: losses, accuracy,
+progress, callbacks).
 
 The one ``Trainer`` is given a *workers* strategy: how a step runs across
 the workers of the run.  ``OneProcess`` (``minires/workers.py``) is one
@@ -28,13 +26,14 @@ from . import backend, nn, parallel
 from . import random as mr_random
 from .checkpoint import save_checkpoint
 from .optim import ModelEMA
-from .engine import (NonFiniteLoss, build_optimizer, build_schedule, read_data,
-                     recalibrate_ema, resume_optimizer)
+from .engine import (build_optimizer, build_schedule, read_data, recalibrate_ema,
+                     resume_optimizer, schedule_steps)
 # looked up at call time by Trainer.train_step and evaluate_on: tests patch them here
 from .engine import evaluate, train_step
-from .engine import build_model, probe_step_time  # noqa: F401  (minires.train's names)
+from .engine import NonFiniteLoss, build_model, probe_step_time  # noqa: F401  (minires.train's names)
 from .config import NUM_CLASSES, SCHEDULES, TrainConfig  # noqa: F401  (minires.train's names)
-from .epoch_position import WINDOW, EpochPosition
+from .epoch_meter import EpochMeter
+from .epoch_position import EpochPosition
 from .fileio import atomic_write_bytes
 from .interrupts import Interrupted, StopRequests
 from .workers import OneProcess  # noqa: F401  (minires.train's name)
@@ -85,7 +84,8 @@ class Trainer:
         self.best_path = os.path.join(cfg.out, "best.ckpt")
         self.metrics_path = os.path.join(cfg.out, "metrics.jsonl")
 
-    def _notify(self, event, *args):
+    def notify(self, event, *args):
+        """Call ``event`` on every callback that has it."""
         for cb in self.callbacks:
             method = getattr(cb, event, None)
             if method is not None:
@@ -101,7 +101,7 @@ class Trainer:
         with ``--ema``, else the live model."""
         return self.ema.module if self.ema is not None else self.model
 
-    def _read_data(self):
+    def read_data(self):
         """Read the data set in this process (the workers decide who reads when)."""
         self.train_data, self.test_data = read_data(self.cfg, self.train_data, self.test_data)
 
@@ -218,73 +218,36 @@ class Trainer:
                 "threads": parallel.get_num_threads(), "world_size": self.workers.world_size}
 
     def _train_epoch(self):
-        from tqdm import tqdm
+        """One epoch (or what is left of it): loop, step, meter."""
         cfg = self.cfg
         loader = self.workers.make_loader(self)
         if self.epoch and self.epoch == cfg.fitted.get("early_epochs"):
             self._pace = budget.Pace(self.clock, self.step)  # full-size steps from here: a new pace
-        # p: the epoch's cursor and running sums; a resumed run's saved one
-        p, self._position = self._position or EpochPosition(), None
-        batches = p.batches(loader)
-        total = cfg.fitted["total_steps"]
-        bar = tqdm(total=min(len(loader) - p.batch, total - self.step),
-                   desc=f"epoch {self.epoch + 1}/{cfg.fitted['epochs']}",
-                   disable=not (cfg.progress and self.is_main), mininterval=1.0, leave=False)
-        t0, seen_before = time.perf_counter(), p.seen
-        self._t_window = t0
-        self.loss_curve = p.loss_curve  # mean training loss of every 10 steps
-        for i, (x, y) in enumerate(batches, p.batch):
+        # the epoch's cursor and running sums: a resumed run's saved one, or a new one
+        position, self._position = self._position or EpochPosition(), None
+        meter = EpochMeter(self, position, len(loader))
+        self.loss_curve = position.loss_curve  # mean training loss of every 10 steps
+        for i, (x, y) in enumerate(position.batches(loader), position.batch):
             if self.step >= cfg.fitted["total_steps"]:  # (a refit may move the end)
                 break
             loss, logits = self.workers.train_step(self, x, y, i)
             if self.ema is not None:
                 self.ema.update(self.model)
             self.step += 1
-            p.add(loss, logits, y)
             last = i == len(loader) - 1 or self.step >= cfg.fitted["total_steps"]
-            votes = self._votes()
-            if len(p.pending) == WINDOW or last:
-                votes = self._read_window(p, votes, bar, t0, seen_before)
-            elif not self.workers.votes_every_step:
-                votes = [0.0, 0.0]  # (the ranks decide together, at the next reading)
+            stop, due = meter.record(loss, logits, y, last, self._votes())
             if cfg.time_budget is not None and (self.step % budget.refit_every(cfg.fitted) == 0
                                                 or last):
                 self._keep_to_budget()
-                bar.total = min(len(loader) - p.batch, i + 1 - p.batch
-                                + cfg.fitted["total_steps"] - self.step)
-            bar.update(1)
-            stop, due = votes[0] > 0, votes[1] > 0
+                meter.steps_left(i, cfg.fitted["total_steps"])
             self._stop_agreed = self._stop_agreed or stop
             if (stop or due) and not last:  # (the epoch's end saves anyway)
-                p.batch = i + 1
-                self._save_position(p)
+                position.batch = i + 1
+                self._save_position(position)
                 if stop:
-                    bar.close()
+                    meter.close()
                     raise self._interrupted()
-        bar.close()
-        seen = p.seen - seen_before
-        return (p.loss_sum / max(p.seen, 1), p.correct / max(p.seen, 1),
-                seen / (time.perf_counter() - t0))
-
-    def _read_window(self, p, votes, bar, t0, seen_before):
-        """Read the last steps' losses (``EpochPosition.read_window``), stop on a
-        non-finite loss, show progress and tell the callbacks; returns the votes."""
-        loss, acc, count, votes = p.read_window(self.workers.sum, votes)
-        if not math.isfinite(p.loss_sum):
-            bar.close()
-            raise NonFiniteLoss(
-                f"the training loss became non-finite at epoch {self.epoch + 1}, step "
-                f"{self.step} (lr {self.opt.param_groups[0]['lr']:.4g}); the last good "
-                f"checkpoint is kept at {self.last_path}; try a lower --lr")
-        now = time.perf_counter()
-        bar.set_postfix(loss=f"{p.loss_sum / p.seen:.3f}", acc=f"{p.correct / p.seen:.3f}",
-                        img_s=f"{(p.seen - seen_before) / (now - t0):.0f}")
-        if self.callbacks:
-            self._notify("on_log_step", {
-                "step": self.step, "lr": self.opt.param_groups[0]["lr"], "train_loss": loss,
-                "train_acc": acc, "images_per_s": count / (now - self._t_window)})
-        self._t_window = now
-        return votes
+        return meter.close()
 
     # ---- Ctrl-C, SIGTERM and --checkpoint-every (minires.interrupts)
     def _votes(self):
@@ -313,17 +276,10 @@ class Trainer:
         return e
 
     def _schedule(self, total):
-        """The schedule over ``total`` steps, and that total.  A budget can fit
-        a step count that gives one-cycle a warm-up of zero length (torch
-        divides by zero there): then one step fewer."""
-        cfg, per_epoch = self.cfg, self.cfg.fitted["steps_per_epoch"]
-        while True:
-            try:
-                return build_schedule(self.opt, cfg, total, per_epoch), total
-            except ValueError:
-                if total <= max(1, getattr(self, "step", 0) + 1):
-                    raise
-                total -= 1
+        """The schedule over ``total`` steps, and that total (one step fewer
+        where one-cycle would get a phase of zero length: ``schedule_steps``)."""
+        total = schedule_steps(self.cfg, total)
+        return build_schedule(self.opt, self.cfg, total, self.cfg.fitted["steps_per_epoch"]), total
 
     def _keep_to_budget(self):
         """Refit the steps still to run to the pace of the latest steps (see
@@ -364,13 +320,13 @@ class Trainer:
         self._t_start = self._started_at if self._started_at is not None else self.clock()
         self._setup(resume)
         try:
-            self._notify("on_run_start")
+            self.notify("on_run_start")
             # Ctrl-C and SIGTERM now finish the step and save (minires.interrupts)
             with StopRequests(announce=self.cfg.progress and self.is_main) as self._stops:
                 self._stop_agreed = False
                 return self._epochs()
         finally:
-            self._notify("on_run_end")
+            self.notify("on_run_end")
 
     def _epochs(self):
         cfg = self.cfg
@@ -408,7 +364,7 @@ class Trainer:
             test = f"test loss {vl:.4f} acc {va:.4f}" if va is not None else "(not evaluated)"
             self.log(f"epoch {self.epoch}/{cfg.fitted['epochs']}  train loss {tl:.4f} acc "
                      f"{ta:.4f}  {test}  {ips:.0f} img/s")
-            self._notify("on_epoch_end", m)
+            self.notify("on_epoch_end", m)
             self._last_save = self.clock()
             if self.step < cfg.fitted["total_steps"] and (self._stop_agreed or self.workers.sum(
                     [1.0 if self._stops.signum else 0.0])[0] > 0):

@@ -24,7 +24,7 @@ class OneProcess:
     votes_every_step = True  # Ctrl-C is looked at after every step (MPI: every 10)
 
     def load_data(self, trainer):
-        trainer._read_data()
+        trainer.read_data()
 
     def steps_per_epoch(self, trainer, n):
         return math.ceil(n / trainer.cfg.batch_size)

@@ -82,7 +82,7 @@ class MPIRanks:
         if not self.is_main:
             self.comm.barrier("barrier (waiting for rank 0 to load the data)", DATA_LOAD_TIMEOUT)
         try:
-            trainer._read_data()
+            trainer.read_data()
         finally:
             if self.is_main:
                 self.comm.barrier("barrier (waiting for rank 0 to load the data)",

@@ -121,3 +121,25 @@ def test_one_cycle_lr_at_is_the_lr_torch_steps_through(strategy):
         assert s.lr_at(t, initial) == pytest.approx(to.param_groups[0]["lr"], rel=1e-12, abs=1e-15)
         if t < 40:
             ts.step()
+
+
+@pytest.mark.parametrize("pct", [0.1, 0.25, 0.3, 0.5, 0.2, 1 / 3])
+def test_schedule_steps_gives_a_count_torch_can_run(pct):
+    """A time budget may fit any step count: ``engine.schedule_steps`` keeps it,
+    or takes one step fewer exactly where torch's OneCycleLR would divide by
+    zero (checked by running torch's schedule over every count up to 200)."""
+    from minires.config import TrainConfig
+    from minires.engine import schedule_steps
+    cfg = TrainConfig(schedule="onecycle", pct_start=pct)
+    for total in range(1, 201):
+        fitted = schedule_steps(cfg, total)
+        _, to = _pair()
+        try:
+            torch.optim.lr_scheduler.OneCycleLR(to, max_lr=0.2, total_steps=total, pct_start=pct)
+            torch_runs = True
+        except ZeroDivisionError:
+            torch_runs = False
+        assert fitted == (total if torch_runs else total - 1), (total, fitted)
+        _, to = _pair()
+        torch.optim.lr_scheduler.OneCycleLR(to, max_lr=0.2, total_steps=fitted, pct_start=pct)
+    assert schedule_steps(TrainConfig(schedule="cosine"), 4) == 4  # only one-cycle has the gap
