@@ -20,7 +20,7 @@ LAYERS = {
     "onnx_export": 3,
     "engine": 4, "config": 4, "exercises": 4, "inference": 4, "budget": 4,
     "distributed": 5, "workers": 5,
-    "train": 6,
+    "train": 6, "epoch_meter": 6,
     "cmdline": 7, "cli": 7, "cli_train": 7, "cli_export": 7, "cli_predict": 7, "gradflow": 7,
     "tensorboard": 7, "__main__": 7,
 }

@@ -18,7 +18,7 @@ import pytest
 
 from minires.kernels import conv as kconv
 from minires.kernels import sgd as ksgd
-from minires.nn.functional import conv as fconv
+from minires.nn.functional import conv_im2col as fconv
 from minires.nn import Parameter
 from minires.optim import SGD
 
