@@ -7,6 +7,8 @@ from ... import parallel
 
 
 def relu_forward(x):
+    """``y = max(x, 0)`` and the mask ``x > 0`` for backward (the gradient at
+    exactly 0 is 0, as in torch); chunks of the batch run on the thread pool."""
     xp = get_array_module(x)
     mask = xp.empty(x.shape, dtype=bool)
     y = xp.empty_like(x)
@@ -19,6 +21,7 @@ def relu_forward(x):
 
 
 def relu_backward(dy, mask):
+    """``dx = dy * mask``: the gradient passes where the input was positive."""
     xp = get_array_module(dy)
     dx = xp.empty_like(dy)
     parallel.map_chunks(lambda s: xp.multiply(dy[s], mask[s], out=dx[s]),
@@ -37,6 +40,7 @@ def leaky_relu_forward(x, negative_slope):
 
 
 def leaky_relu_backward(dy, mask, negative_slope):
+    """``dx = dy`` where the input was positive, else ``negative_slope * dy``."""
     xp = get_array_module(dy)
     return xp.where(mask, dy, dy * dy.dtype.type(negative_slope))
 
@@ -54,4 +58,5 @@ def dropout_forward(x, p, uniform_draw):
 
 
 def dropout_backward(dy, scale_mask):
+    """``dx = dy * scale_mask``: the kept values' gradients, scaled by 1/(1-p)."""
     return dy * scale_mask

@@ -2,6 +2,8 @@
 
 
 def linear_forward(x, weight, bias=None):
+    """``y = x @ weight.T + bias`` (torch.nn.functional.linear) and the cache
+    for ``linear_backward``."""
     y = x @ weight.T
     if bias is not None:
         y += bias

@@ -260,6 +260,8 @@ def adaptive_avgpool2d_forward(x, output_size):
 
 
 def adaptive_avgpool2d_backward(dy, cache):
+    """dx of ``adaptive_avgpool2d_forward``: each output's gradient spread
+    evenly over the input window it averaged."""
     xp = _xp(dy)
     kind, (N, C, H, W) = cache
     oh, ow = dy.shape[-2:]
