@@ -40,6 +40,7 @@ extensions = [
     "sphinx.ext.autosummary",
     "numpydoc",                    # the API reference from the numpydoc-style docstrings
     "mathml",                      # _ext/mathml.py: math rendered at build time
+    "rtl",                         # _ext/rtl.py: docs/he/ pages read right to left
 ]
 
 # --- Pages
@@ -123,17 +124,9 @@ def _gl08_only_when_no_source():
 
 _gl08_only_when_no_source()
 
-# Left out of the reference for now, because their docstrings do not parse as
-# reStructuredText and the files are being refactored elsewhere (their
-# docstrings get fixed with that work; then delete the entry):
-SKIPPED_UNTIL_FIXED = {
-    "minires.nn.functional.norm": {"BatchNormCache", "batch_norm_backward"},
-}
-
-
 def _skip_listed(app, what, name, obj, skip, options):
     module = getattr(obj, "__module__", None)
-    if name in SKIPPED_UNTIL_FIXED.get(module, ()):
+    if name in apiref.SKIPPED_UNTIL_FIXED.get(module, ()):
         return True
     return None
 
@@ -162,5 +155,5 @@ html_theme_options = {
     "footer_start": ["copyright"],
     "footer_end": ["sphinx-version"],
 }
-html_sidebars = {"index": []}
+html_sidebars = {"index": [], "guide": [], "he/guide": []}  # the student's pages: the whole width
 html_show_sourcelink = False

@@ -17,6 +17,14 @@ import pkgutil
 MODULES = ("minires", "minires.nn", "minires.nn.functional", "minires.models",
            "minires.optim", "minires.data", "minires.testing", "minires.gradcheck")
 
+# Left out of the reference for now, because their docstrings do not parse as
+# reStructuredText and their files are being refactored elsewhere: the
+# docstrings get fixed with that work; then delete the entry.  (conf.py skips
+# them; tests/test_docs_site.py reads the same list.)
+SKIPPED_UNTIL_FIXED = {
+    "minires.nn.functional.norm": {"BatchNormCache", "batch_norm_backward"},
+}
+
 TITLES = {
     "minires": "minires: the top level",
     "minires.nn": "minires.nn: layers, blocks, the module contract",
