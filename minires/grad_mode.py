@@ -5,6 +5,7 @@ _state = threading.local()
 
 
 def is_grad_enabled():
+    """True unless inside ``no_grad()``: whether forward passes keep caches for backward."""
     return getattr(_state, "enabled", True)
 
 

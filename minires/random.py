@@ -38,6 +38,8 @@ def get_rng_state():
 
 
 def set_rng_state(state):
+    """Restore the streams from a dict made by ``get_rng_state()`` (streams it
+    does not name are left as they are)."""
     for name, st in state.items():
         generator(name).bit_generator.state = st
 

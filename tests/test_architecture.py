@@ -1,4 +1,4 @@
-"""The layers of the program, bottom up, as README's "Architecture" describes
+"""The layers of the program, bottom up, as docs/architecture.md's "The layer map" describes
 them: no module imports from a layer above its own, and no two modules
 import each other (directly or round a longer loop), lazy imports inside
 functions included.  Read from the source with ast, so nothing is imported."""
@@ -9,7 +9,7 @@ import pytest
 
 ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "minires")
 
-# top-level part of minires -> layer (the README's map, bottom up)
+# top-level part of minires -> layer (the map of docs/architecture.md, bottom up)
 LAYERS = {
     "backend": 0, "random": 0, "grad_mode": 0, "errors": 0, "fileio": 0, "heap": 0,
     "parallel": 0, "kernels": 0, "recipes": 0, "sysinfo": 0, "interrupts": 0,
@@ -64,7 +64,16 @@ def _part(module):
 
 def test_every_part_of_minires_has_a_layer():
     parts = {_part(m) for m in GRAPH} - {None}
-    assert parts <= set(LAYERS), f"add to LAYERS (and README's map): {sorted(parts - set(LAYERS))}"
+    assert parts <= set(LAYERS), f"add to LAYERS (and docs/architecture.md's map): {sorted(parts - set(LAYERS))}"
+
+
+def test_the_documented_map_names_every_part():
+    import re
+    path = os.path.join(os.path.dirname(ROOT), "docs", "architecture.md")
+    text = open(path, encoding="utf-8").read()
+    section = text[text.index("## The layer map"):text.index("\n## ", text.index("## The layer map") + 1)]
+    missing = [p for p in LAYERS if not re.search(rf"(?<![\w.]){re.escape(p)}(?!\w)", section)]
+    assert missing == [], f"docs/architecture.md's layer map does not name {missing}"
 
 
 def test_no_module_imports_from_a_layer_above_its_own():

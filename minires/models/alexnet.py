@@ -12,6 +12,9 @@ __all__ = ["AlexNet", "alexnet"]
 
 
 class AlexNet(nn.Module):
+    """torchvision's AlexNet: five convolutions, then a classifier of two
+    4096-wide hidden layers on 256 x 6 x 6 pooled features."""
+
     # The smallest side the three 3x3/2 max-pools accept: the first convolution
     # (11x11/4, padding 2) must leave 15 pixels, the first pool 7, the second 3.
     min_input_size = 63

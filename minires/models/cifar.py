@@ -279,22 +279,27 @@ def resnet1202(num_classes=10, shortcut="A"):
 
 
 def plain20(num_classes=10):
+    """Plain-20: ResNet-20's layers with no shortcut at all (He et al.'s plain baseline)."""
     return _cifar_plain(20, num_classes)
 
 
 def plain32(num_classes=10):
+    """Plain-32: ResNet-32's layers with no shortcut at all (He et al.'s plain baseline)."""
     return _cifar_plain(32, num_classes)
 
 
 def plain44(num_classes=10):
+    """Plain-44: ResNet-44's layers with no shortcut at all (He et al.'s plain baseline)."""
     return _cifar_plain(44, num_classes)
 
 
 def plain56(num_classes=10):
+    """Plain-56: ResNet-56's layers with no shortcut at all (He et al.'s plain baseline)."""
     return _cifar_plain(56, num_classes)
 
 
 def plain110(num_classes=10):
+    """Plain-110: ResNet-110's layers with no shortcut at all (He et al.'s plain baseline)."""
     return _cifar_plain(110, num_classes)
 
 

@@ -7,6 +7,8 @@ from .module import Module
 
 
 class ReLU(Module):
+    """``y = max(x, 0)``; the gradient at exactly 0 is 0, as in torch."""
+
     def __init__(self, inplace=False):
         super().__init__()
         self.inplace = inplace  # accepted for torch compatibility; minires never aliases

@@ -6,6 +6,9 @@ from .module import Module, Parameter
 
 
 class Linear(Module):
+    """``y = x @ W.T + b`` with ``W`` of shape (out_features, in_features),
+    torch's layout and initialisation."""
+
     def __init__(self, in_features, out_features, bias=True):
         super().__init__()
         self.in_features = whole(in_features, "Linear: in_features")

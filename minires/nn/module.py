@@ -58,6 +58,11 @@ def zero_grads(params, set_to_none=True):
             p.grad[...] = 0
 
 class Module:
+    """Base of every layer and block: ``y = m(x)`` keeps a cache per call,
+    ``dx = m.backward(dy)`` consumes the newest and adds into each ``p.grad``;
+    parameters, buffers, children, ``state_dict`` and ``to`` as in torch
+    (see the module docstring for the contract)."""
+
     def __init__(self):
         object.__setattr__(self, "_parameters", OrderedDict())
         object.__setattr__(self, "_buffers", OrderedDict())

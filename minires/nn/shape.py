@@ -30,6 +30,8 @@ class Flatten(Module):
 
 
 class Identity(Module):
+    """``y = x`` and ``dx = dy``; ignores its arguments, as torch's does."""
+
     def __init__(self, *args, **kwargs):
         super().__init__()  # torch's Identity ignores its arguments too
 

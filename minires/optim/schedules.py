@@ -9,6 +9,9 @@ import math
 
 
 class LRScheduler:
+    """Base of the schedules: sets each parameter group's ``lr`` to
+    ``lr_at(t, base_lr)`` at construction (t = 0) and after each ``step()``."""
+
     def __init__(self, optimizer):
         self.optimizer = optimizer
         for g in optimizer.param_groups:
@@ -52,6 +55,9 @@ class MultiStepLR(LRScheduler):
 
 
 class CosineAnnealingLR(LRScheduler):
+    """lr = eta_min + (base - eta_min) * (1 + cos(pi * t / T_max)) / 2, torch's
+    closed form (no restarts)."""
+
     def __init__(self, optimizer, T_max, eta_min=0.0):
         self.T_max, self.eta_min = T_max, eta_min
         super().__init__(optimizer)

@@ -15,6 +15,11 @@ _DEFAULTS = ("lr", "momentum", "dampening", "weight_decay", "nesterov")
 
 
 class SGD:
+    """Stochastic gradient descent with torch.optim.SGD's semantics: momentum,
+    dampening, Nesterov, L2 weight decay and parameter groups (dicts with
+    ``"params"`` and per-group settings), ``zero_grad``, ``step`` and
+    ``state_dict``/``load_state_dict``."""
+
     def __init__(self, params, lr=1e-3, momentum=0.0, dampening=0.0, weight_decay=0.0,
                  nesterov=False):
         if lr < 0 or momentum < 0 or weight_decay < 0:

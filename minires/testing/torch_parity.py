@@ -107,9 +107,9 @@ def check_against_torch(mr_module, torch_module, input_strategy, *, dtypes=(np.f
     torch's arguments, so ``check_against_torch(nn.Conv2d, torch.nn.Conv2d,
     cases(conv_configs()))`` works as written.  minires's weights are copied
     into torch (state_dict keys must match).  ``train=False`` compares in eval
-    mode.  Element by element, |mine - torch| <= rtol * (max|torch| + |torch|)
+    mode.  Element by element, ``|mine - torch| <= rtol * (max|torch| + |torch|)``
     (+ 1e-5 in float32, torch.testing's float32 atol, ``ATOL32``), so up to
-    2 * rtol * max|torch| at the largest element; ``rtol`` defaults to 2e-5 in
+    ``2 * rtol * max|torch|`` at the largest element; ``rtol`` defaults to 2e-5 in
     float32 and 1e-10 in float64, and in float32 the reference is torch in
     float64 (docs/testing.md states the same bound).
     """

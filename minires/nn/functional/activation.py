@@ -8,6 +8,8 @@ from . import reference_mode, reference_ops
 
 
 def relu_forward(x):
+    """``y = max(x, 0)`` and the mask ``x > 0`` for backward (the gradient at
+    exactly 0 is 0, as in torch); chunks of the batch run on the thread pool."""
     if reference_mode.on():
         return reference_ops.relu_forward(x)
     xp = get_array_module(x)
@@ -22,6 +24,7 @@ def relu_forward(x):
 
 
 def relu_backward(dy, mask):
+    """``dx = dy * mask``: the gradient passes where the input was positive."""
     if reference_ops.owns(mask):
         return reference_ops.relu_backward(dy, mask)
     xp = get_array_module(dy)
@@ -42,6 +45,7 @@ def leaky_relu_forward(x, negative_slope):
 
 
 def leaky_relu_backward(dy, mask, negative_slope):
+    """``dx = dy`` where the input was positive, else ``negative_slope * dy``."""
     xp = get_array_module(dy)
     return xp.where(mask, dy, dy * dy.dtype.type(negative_slope))
 
@@ -59,4 +63,5 @@ def dropout_forward(x, p, uniform_draw):
 
 
 def dropout_backward(dy, scale_mask):
+    """``dx = dy * scale_mask``: the kept values' gradients, scaled by 1/(1-p)."""
     return dy * scale_mask

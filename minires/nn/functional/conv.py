@@ -24,13 +24,14 @@ ConvCache = namedtuple("ConvCache", ["path", "x", "weight", "has_bias", "stride"
                                      "dilation", "groups"])
 ConvCache.__doc__ = """What conv2d_backward needs: the forward's inputs and arguments.
 
-path:     "pointwise", "shifted_slices" or "im2col": the path that ran, and
-    the one whose backward undoes it.
-x:        the input (N, C, H, W), not a copy: do not change it in place
-    between forward and backward.
-weight:   (O, C/groups, kh, kw).
-has_bias: whether db is wanted.
-stride, padding (top, bottom, left, right), dilation, groups: as used.
+* ``path``: "pointwise", "shifted_slices" or "im2col", the path that ran and
+  whose backward undoes it.
+* ``x``: the input (N, C, H, W), not a copy: do not change it in place
+  between forward and backward.
+* ``weight``: (O, C/groups, kh, kw).
+* ``has_bias``: whether db is wanted.
+* ``stride``, ``padding`` (top, bottom, left, right), ``dilation``,
+  ``groups``: as used.
 """
 
 

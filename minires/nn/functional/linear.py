@@ -3,6 +3,8 @@ from . import reference_mode, reference_ops
 
 
 def linear_forward(x, weight, bias=None):
+    """``y = x @ weight.T + bias`` (torch.nn.functional.linear) and the cache
+    for ``linear_backward``."""
     if reference_mode.on():
         return reference_ops.linear_forward(x, weight, bias)
     y = x @ weight.T

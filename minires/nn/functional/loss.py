@@ -4,8 +4,10 @@ Numerically stable: the row maximum is subtracted before exponentiating, so
 log-sum-exp never overflows (logits of +-1e4 give finite values), and the
 log-probabilities are formed as differences, never as log(softmax).
 
-Label smoothing follows torch: with eps = label_smoothing and C classes,
+Label smoothing follows torch: with eps = label_smoothing and C classes::
+
     loss_i = (1 - eps) * (-log p[i, y_i]) + (eps / C) * sum_c (-log p[i, c])
+
 i.e. the cross-entropy against the target distribution
 q = (1 - eps) * onehot(y) + eps / C, whose gradient is softmax - q.
 """

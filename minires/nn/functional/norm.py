@@ -22,15 +22,18 @@ BatchNormCache = namedtuple(
     defaults=(None,))
 BatchNormCache.__doc__ = """What batch_norm_backward needs, and the statistics used.
 
-batch_stats: True when the batch's own statistics normalised x (training, or
-    no running statistics); False when fixed running statistics did (eval).
-x_saved:     the input x (N, C, M), not a copy (backward centres it a chunk
-    at a time); in eval None when dweight is not needed.
-inv_std:     1 / sqrt(var + eps), shape (C,).
-weight:      gamma (C,), or None without affine.
-mean, var:   the per-channel statistics used (biased variance for batch
-    statistics); the module reads them to update its running averages.
-relu_mask:   y > 0 when a ReLU was applied in the same pass (``relu=True``), else None.
+* ``batch_stats``: True when the batch's own statistics normalised x
+  (training, or no running statistics); False when fixed running statistics
+  did (eval).
+* ``x_saved``: the input x (N, C, M), not a copy (backward centres it a chunk
+  at a time); in eval None when dweight is not needed.
+* ``inv_std``: 1 / sqrt(var + eps), shape (C,).
+* ``weight``: gamma (C,), or None without affine.
+* ``has_bias``: whether dbias is wanted.
+* ``mean``, ``var``: the per-channel statistics used (biased variance for
+  batch statistics); the module reads them to update its running averages.
+* ``relu_mask``: y > 0 when a ReLU was applied in the same pass
+  (``relu=True``), else None.
 """
 
 
@@ -186,10 +189,14 @@ def batch_norm_forward(x, weight, bias, eps=1e-5, running_mean=None, running_var
 def batch_norm_backward(dy, cache, n=None, reduce_sums=None):
     """Returns ``dx, dweight, dbias`` (dweight/dbias None when the layer has none).
 
-    Training (batch statistics), with x-hat = (x - mean) * inv_std, dxhat = dy*gamma:
+    Training (batch statistics), with x-hat = (x - mean) * inv_std, dxhat = dy*gamma::
+
         dx = (1/n) * inv_std * (n*dxhat - sum(dxhat) - xhat * sum(dxhat*xhat))
-    which, per channel, is dx = a*dy + b*(x - mean) + c with
+
+    which, per channel, is dx = a*dy + b*(x - mean) + c with::
+
         a = gamma*inv_std,  c = -a*sum(dy)/n,  b = -gamma*inv_std^2*sum(dy*xhat)/n.
+
     Eval (fixed running statistics): the layer is affine, dx = dy*gamma*inv_std.
     After a forward with ``relu=True``, ``dy`` is the gradient of the ReLU's
     output: it is masked (relu_backward's product) chunk by chunk on the way.

@@ -198,6 +198,8 @@ def adaptive_avgpool2d_forward(x, output_size):
 
 
 def adaptive_avgpool2d_backward(dy, cache):
+    """dx of ``adaptive_avgpool2d_forward``: each output's gradient spread
+    evenly over the input window it averaged."""
     if reference_ops.owns(cache):
         return reference_ops.adaptive_avgpool2d_backward(dy, cache)
     xp = _xp(dy)

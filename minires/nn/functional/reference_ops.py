@@ -123,9 +123,12 @@ def batch_norm_forward(x, weight, bias, eps=1e-5, running_mean=None, running_var
 
 
 def batch_norm_backward(dy, cache, n=None, reduce_sums=None):
-    """With x_hat = (x - mean) * inv_std and n values per channel:
+    """With x_hat = (x - mean) * inv_std and n values per channel, for batch
+    statistics::
+
         dx = gamma * inv_std / n * (n*dy - sum(dy) - x_hat * sum(dy * x_hat))
-    for batch statistics, dx = gamma * inv_std * dy for fixed ones.
+
+    and dx = gamma * inv_std * dy for fixed ones.
     ``reduce_sums``/``n``: SyncBatchNorm's global sums and count."""
     if cache.relu_mask is not None:
         dy = dy * cache.relu_mask
@@ -154,6 +157,7 @@ def relu_forward(x):
 
 
 def relu_backward(dy, cache):
+    """dx = dy where the input was positive, 0 elsewhere."""
     return dy * cache.mask
 
 
@@ -179,9 +183,9 @@ def add(a, b):
 # ---------------------------------------------------------------- cross-entropy
 
 def cross_entropy_forward(logits, target, label_smoothing=0.0, reduction="mean", ignore=None):
-    """loss_i = -sum over classes of q[i, c] * log softmax(logits)[i, c], with
-    q = (1 - eps) * onehot(target) + eps / C; the mean (or sum) over the rows
-    not ``ignore``d."""
+    """``loss_i = -sum_c q[i, c] * log softmax(logits)[i, c]``, with
+    ``q = (1 - eps) * onehot(target) + eps / C``; the mean (or sum) over the
+    rows that ``ignore`` does not mark."""
     xp = get_array_module(logits)
     n, c = logits.shape
     keep = xp.ones(n, dtype=bool) if ignore is None else ~ignore
