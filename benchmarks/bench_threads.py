@@ -1,4 +1,4 @@
-"""Where minires's second core goes: the measurements behind README's speed notes.
+"""Where minires's second core goes: the measurements behind docs/performance.md.
 
     env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE python -m benchmarks.bench_threads
 

@@ -69,7 +69,7 @@ def to_device(a, device):
     cp = cupy_or_none()
     if cp is None:
         raise RuntimeError("device 'cuda' needs CuPy: pip install 'minires[gpu]' "
-                           "(see the README for the wheel matching your CUDA)")
+                           "(the wheel matching your CUDA: docs/train.md, Install)")
     return cp.asarray(a)
 
 

@@ -85,6 +85,6 @@ def device_error(device):
     if device != "cuda" or backend.gpu_available():
         return None
     if backend.cupy_or_none() is None:
-        return ("--device cuda needs CuPy: pip install 'minires[gpu]' (cupy-cuda12x; see the "
-                "README for other CUDA versions)")
+        return ("--device cuda needs CuPy: pip install 'minires[gpu]' (cupy-cuda12x; for other "
+                "CUDA versions see docs/train.md, Install)")
     return "--device cuda: CuPy is installed but sees no CUDA GPU (check nvidia-smi)"

@@ -5,7 +5,7 @@ RECIPES = {
     "fast": dict(model="resnet20", epochs=17, batch_size=128, lr=0.2, schedule="onecycle",
                  momentum=0.9, nesterov=True, weight_decay=5e-4, label_smoothing=0.1),
     # The default of `--time-budget`: a few epochs on a CPU.  Each choice was
-    # measured on the 15-minute budget (README, "Time to accuracy").
+    # measured on the 15-minute budget (docs/benchmarks.md, "Time to accuracy").
     "budget": dict(model="resnet20", epochs=200, batch_size=256, lr=0.4, schedule="onecycle",
                    pct_start=0.25, anneal="linear", momentum=0.9, nesterov=True,
                    weight_decay=5e-4, no_decay_bn_bias=True, label_smoothing=0.1,
