@@ -14,7 +14,7 @@ LAYERS = {
     "backend": 0, "random": 0, "grad_mode": 0, "errors": 0, "fileio": 0, "heap": 0,
     "parallel": 0, "kernels": 0, "recipes": 0, "sysinfo": 0, "interrupts": 0,
     "epoch_position": 0,
-    "nn": 1, "gradcheck": 1, "derivatives": 1, "summary": 1,
+    "nn": 1, "gradcheck": 1, "gradcheck_targets": 1, "derivatives": 1, "summary": 1,
     "models": 2, "optim": 2, "testing": 2,
     "data": 3, "checkpoint": 3, "convert": 3, "plot": 3, "metrics": 3, "fold": 3,
     "onnx_export": 3,
