@@ -11,6 +11,8 @@ checkpoint taken mid-epoch carries them.
 import math
 import time
 
+from tqdm import tqdm
+
 from .engine import NonFiniteLoss
 from .epoch_position import WINDOW
 
@@ -20,7 +22,6 @@ class EpochMeter:
     epoch of ``n_batches`` batches."""
 
     def __init__(self, trainer, position, n_batches):
-        from tqdm import tqdm
         self.trainer, self.position, self.n_batches = trainer, position, n_batches
         cfg = trainer.cfg
         self.bar = tqdm(total=min(n_batches - position.batch, cfg.fitted["total_steps"] - trainer.step),
