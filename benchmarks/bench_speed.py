@@ -265,9 +265,9 @@ def profile(path, threads=1, steps=3):
     def timed(module):
         name, forward, backward = type(module).__name__, module.forward, module.backward
 
-        def fwd(*a):
+        def fwd(*a, **kw):
             c0 = time.perf_counter()
-            y = forward(*a)
+            y = forward(*a, **kw)
             spent[(name, "forward")] += time.perf_counter() - c0
             return y
 

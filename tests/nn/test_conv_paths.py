@@ -1,5 +1,6 @@
-"""The convolution's paths (pointwise, shifted slices, im2col), each against the
-plain reference loop (reference_ops) and torch; the ConvCache each leaves."""
+"""The convolution's paths (pointwise, shifted slices, phases, im2col), each
+against the plain reference loop (reference_ops) and torch; the ConvCache
+each leaves."""
 import numpy as np
 import pytest
 import torch
@@ -10,16 +11,17 @@ from minires.nn.functional.conv import conv2d_backward, conv2d_forward
 from tests.helpers import assert_close
 
 
-@pytest.mark.parametrize("kernel, stride", [(1, 1), (3, 1), (3, 2)],
-                         ids=["pointwise", "shifted_slices", "im2col"])
-def test_backward_leaves_its_cache_as_it_was(kernel, stride):
+@pytest.mark.parametrize("kernel, stride, size, path", [
+    (1, 1, 6, "pointwise"), (3, 1, 6, "shifted_slices"), (3, 2, 6, "phases"), (3, 2, 7, "im2col")],
+    ids=["pointwise", "shifted_slices", "phases", "im2col"])
+def test_backward_leaves_its_cache_as_it_was(kernel, stride, size, path):
     """Backward reads the cache and changes nothing: a second backward from the
     same cache gives the same bits, and the cache still holds the input."""
     rng = np.random.default_rng(4)
-    x = rng.standard_normal((3, 2, 6, 6))
+    x = rng.standard_normal((3, 2, size, size))
     y, cache = conv2d_forward(x, rng.standard_normal((4, 2, kernel, kernel)), rng.standard_normal(4),
                               stride, kernel // 2)
-    assert cache.path == {1: "pointwise", 3: "shifted_slices" if stride == 1 else "im2col"}[kernel]
+    assert cache.path == path
     before = tuple(cache)
     dy = rng.standard_normal(y.shape)
     first = conv2d_backward(dy, cache)
@@ -78,15 +80,18 @@ def test_fast_conv_equals_the_reference_loop(data):
 @pytest.mark.parametrize("o, size, stride", [(4, 16, 1), (3, 32, 2), (20, 2, 1), (40, 3, 2)],
                          ids=["blocked-columns", "blocked-columns-stride2", "more-channels-than-pixels",
                               "more-channels-than-pixels-stride2"])
-def test_shape_dependent_products_match_torch(o, size, stride):
+def test_shape_dependent_products_match_torch(monkeypatch, o, size, stride):
     """The products that change with the shapes: output columns in 64-wide
     blocks (few channels, P a multiple of 64) and the weight gradient as one
     product over the chunk (more output channels than pixels)."""
+    from minires.nn.functional import conv_phases
     from minires.nn.functional.conv_im2col import BLOCK_COLUMNS
+    monkeypatch.setattr(conv_phases, "applies", lambda *args: False)  # im2col for stride 2
     rng = np.random.default_rng(7)
     x = rng.standard_normal((5, 3, size, size))
     w = rng.standard_normal((o, 3, 3, 3))
     y, cache = conv2d_forward(x, w, None, stride, 1)
+    assert cache.path == ("shifted_slices" if stride == 1 else "im2col")
     p = y.shape[2] * y.shape[3]
     assert (p % BLOCK_COLUMNS == 0 and p > BLOCK_COLUMNS) or o > p  # the branch is taken
     dy = rng.standard_normal(y.shape)
@@ -131,13 +136,45 @@ def test_stride1_path_without_im2col_matches_torch(monkeypatch, k, padding, dila
     finally:
         parallel.set_num_threads(parallel.available_cores())
     assert cache.path == "shifted_slices", "the stride-1 path was not taken"
-    tx = torch.from_numpy(x).requires_grad_(True)
-    tw = torch.from_numpy(w).requires_grad_(True)
-    tb = torch.from_numpy(b).requires_grad_(True) if bias else None
-    ty = TF.conv2d(tx, tw, tb, 1, padding, dilation)
+    _assert_matches_torch(x, w, b, dy, (y, dx, dw, db), stride=1, padding=padding, dilation=dilation)
+
+
+def _assert_matches_torch(x, w, b, dy, got, **conv_args):
+    """(y, dx, dW, db) against torch's conv2d with the same arguments, float64."""
+    tx, tw = (torch.from_numpy(a).requires_grad_(True) for a in (x, w))
+    tb = None if b is None else torch.from_numpy(b).requires_grad_(True)
+    ty = TF.conv2d(tx, tw, tb, **conv_args)
     ty.backward(torch.from_numpy(dy))
-    assert_close(y, ty, 1e-10, "y")
-    assert_close(dx, tx.grad, 1e-10, "dx")
-    assert_close(dw, tw.grad, 1e-10, "dW")
-    if bias:
-        assert_close(db, tb.grad, 1e-10, "db")
+    for mine, ref, what in zip(got, (ty, tx.grad, tw.grad, None if b is None else tb.grad),
+                               ("y", "dx", "dW", "db")):
+        if ref is not None:
+            assert_close(mine, ref, 1e-10, what)
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.data())
+def test_stride2_phase_path_matches_torch(data):
+    """The stride-2 3x3 padding-1 convolution on its four phases (conv_phases):
+    forward, dx, dW and db against torch in float64, over batch sizes,
+    channels, even heights and widths (not only square), with and without
+    bias, in chunks of a few images on two threads."""
+    from minires import parallel
+    n, c, o = (data.draw(st.integers(1, hi), name) for name, hi in (("n", 7), ("c", 5), ("o", 6)))
+    h, w = (2 * data.draw(st.integers(1, 6), name) for name in ("h", "w"))
+    bias = data.draw(st.booleans(), "bias")
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**16), "seed"))
+    x = rng.standard_normal((n, c, h, w))
+    wt = rng.standard_normal((o, c, 3, 3))
+    b = rng.standard_normal(o) if bias else None
+    old = parallel.CHUNK_BYTES, parallel.MIN_CHUNKS
+    parallel.CHUNK_BYTES, parallel.MIN_CHUNKS = 8 * 9 * c * h * w, 1  # about two images a chunk
+    parallel.set_num_threads(2)
+    try:
+        y, cache = conv2d_forward(x, wt, b, 2, 1)
+        dy = rng.standard_normal(y.shape)
+        dx, dw, db = conv2d_backward(dy, cache)
+    finally:
+        parallel.CHUNK_BYTES, parallel.MIN_CHUNKS = old
+        parallel.set_num_threads(parallel.available_cores())
+    assert cache.path == "phases"
+    _assert_matches_torch(x, wt, b, dy, (y, dx, dw, db), stride=2, padding=1)

@@ -17,13 +17,13 @@ import torch.nn.functional as TF
 import minires.nn as nn
 from minires import parallel
 from minires.models import resnet20
-from minires.nn.functional import (activation, add, conv, conv_im2col, conv_shifted, linear, loss,
-                                   norm, pool, reference, reference_ops, workspace)
+from minires.nn.functional import (activation, add, conv, conv_im2col, conv_phases, conv_shifted,
+                                   linear, loss, norm, pool, reference, reference_ops, workspace)
 from minires.nn.functional.reference_mode import on
 from tests.helpers import assert_close, random_upstream
 
-FAST_MODULES = (activation, add, conv, conv_im2col, conv_shifted, linear, loss, norm, pool,
-                workspace, parallel)
+FAST_MODULES = (activation, add, conv, conv_im2col, conv_phases, conv_shifted, linear, loss, norm,
+                pool, workspace, parallel)
 
 
 def _step(model, x, target, dy_seed=1):
@@ -77,7 +77,8 @@ def test_nothing_fast_runs_inside_reference_mode(monkeypatch):
     for module, name in [(parallel, "map_chunks"), (parallel, "batch_chunks"),
                          (workspace, "borrow"), (conv, "pointwise_forward"),
                          (conv, "pointwise_backward"), (conv_shifted, "shifted_slices_forward"),
-                         (conv_shifted, "shifted_slices_backward"), (conv, "im2col_forward"),
+                         (conv_shifted, "shifted_slices_backward"), (conv_phases, "phases_forward"),
+                         (conv_phases, "phases_backward"), (conv, "im2col_forward"),
                          (conv, "im2col_backward"), (norm, "moments"), (norm, "_affine"),
                          (pool, "_padded")]:
         monkeypatch.setattr(module, name, _raise(f"{module.__name__}.{name}"))

@@ -4,19 +4,22 @@
   pixel, ``y[n] = W @ x[n]``, straight on the NCHW input: no copies at all.
 * ``shifted_slices`` (``conv_shifted.py``): stride 1, one group, on the CPU.
   Products over shifted slices of the flat image, no im2col copy.
+* ``phases`` (``conv_phases.py``): the stride-2 3x3 (padding 1) of a
+  ResNet's downsampling block, on the CPU: the same products on the input's
+  four even/odd phases.
 * ``im2col`` (``conv_im2col.py``): everything else, and the GPU.
 
-All three compute the same convolution; ``reference_ops.py`` has it as a few
+All four compute the same convolution; ``reference_ops.py`` has it as a few
 plain lines, and the tests hold every path to it and to torch.  The cache
 is a ``ConvCache`` whose ``path`` says which path made it; backward reads
-it and leaves it as it was.  Why three paths: docs/performance.md.
+it and leaves it as it was.  Why four paths: docs/performance.md.
 """
 from collections import namedtuple
 
 from ..checks import pair
 from ...backend import get_array_module
 from ... import parallel
-from . import conv_shifted, reference_mode, reference_ops
+from . import conv_phases, conv_shifted, reference_mode, reference_ops
 from .conv_geometry import conv_output_size, conv_padding, dx_as_conv_padding
 from .conv_im2col import batch_chunks, im2col_backward, im2col_forward, weight_from_t, weight_grad_t
 
@@ -24,7 +27,7 @@ ConvCache = namedtuple("ConvCache", ["path", "x", "weight", "has_bias", "stride"
                                      "dilation", "groups"])
 ConvCache.__doc__ = """What conv2d_backward needs: the forward's inputs and arguments.
 
-* ``path``: "pointwise", "shifted_slices" or "im2col", the path that ran and
+* ``path``: "pointwise", "shifted_slices", "phases" or "im2col", the path that ran and
   whose backward undoes it.
 * ``x``: the input (N, C, H, W), not a copy: do not change it in place
   between forward and backward.
@@ -64,6 +67,12 @@ def conv2d_forward(x, weight, bias=None, stride=1, padding=0, dilation=1, groups
         conv_shifted.shifted_slices_forward(x, weight, pads, dilation, y)
         if bias is not None:
             y += bias.reshape(1, o, 1, 1)
+    elif xp.__name__ == "numpy" and conv_phases.applies(x.shape, weight.shape, stride, pads, dilation,
+                                                        groups):
+        path = "phases"
+        conv_phases.phases_forward(x, weight, y)
+        if bias is not None:
+            y += bias.reshape(1, o, 1, 1)
     else:
         path = "im2col"
         im2col_forward(x, weight, bias, stride, pads, dilation, groups, y)
@@ -79,6 +88,8 @@ def conv2d_backward(dy, cache):
         return pointwise_backward(dy, cache)
     if cache.path == "shifted_slices":
         return conv_shifted.shifted_slices_backward(dy, cache)
+    if cache.path == "phases":
+        return conv_phases.phases_backward(dy, cache)
     return im2col_backward(dy, cache)
 
 
