@@ -105,23 +105,25 @@ def test_shape_dependent_products_match_torch(monkeypatch, o, size, stride):
     assert_close(dw, tw.grad, 1e-10, "dW")
 
 
-@pytest.mark.parametrize("stack", [True, False], ids=["dW-by-rows", "dW-per-offset"])
+@pytest.mark.parametrize("grouping", ["by-rows", "per-offset", "transposed"],
+                         ids=["dW-by-rows", "dW-per-offset", "dW-transposed"])
 @pytest.mark.parametrize("k, padding, dilation, bias", [
     (3, 1, 1, False), (3, 0, 1, True), (3, 2, 2, False), (2, "same", 1, True), (5, (2, 1), 1, False),
     (3, 10, 10, False)],
     ids=["3x3-pad1", "3x3-valid-bias", "dilated", "same-asymmetric", "5x5-uneven",
          "dilation-wider-than-image"])
-def test_stride1_path_without_im2col_matches_torch(monkeypatch, k, padding, dilation, bias, stack):
+def test_stride1_path_without_im2col_matches_torch(monkeypatch, k, padding, dilation, bias, grouping):
     """Stride 1, one group, on the CPU: conv_shifted's products over shifted
     views of the flat padded image (forward, dW and dx), several chunks on
     two threads, against torch in float64.  Both layouts: column-shifted
     copies for 'same'-width convolutions (3x3-pad1, dilated,
     same-asymmetric), the padded wide grid for the others (valid,
-    5x5-uneven); and both ways of grouping the weight gradient's products
-    (by kernel rows, or one per offset)."""
+    5x5-uneven); and the three ways of grouping the weight gradient's
+    products (by kernel rows, one per offset, transposed by kernel rows)."""
     from minires import parallel
     from minires.nn.functional import conv_shifted
-    monkeypatch.setattr(conv_shifted, "STACKED_WEIGHT_GRAD_TERMS", 1000 if stack else 0)
+    monkeypatch.setattr(conv_shifted, "STACKED_WEIGHT_GRAD_TERMS", 1000 if grouping == "by-rows" else 0)
+    monkeypatch.setattr(conv_shifted, "FEW_PIXELS", 0 if grouping == "transposed" else 256)
     monkeypatch.setattr(parallel, "CHUNK_BYTES", 4096)  # a few images per chunk
     monkeypatch.setattr(parallel, "MIN_CHUNKS", 1)
     parallel.set_num_threads(2)

@@ -112,8 +112,9 @@ def phases_backward(dy, cache):
         blocks = _phase_blocks(xp, x[s])
         win_above, win_row = _windows(blocks, c, w2, h2 * w2)
         dy_mat = dy[s].reshape(-1, o, h2 * w2)
-        grad_above = xp.matmul(dy_mat, win_above.transpose(0, 2, 1)).sum(axis=0)  # (O, 3C)
-        grad_row = xp.matmul(dy_mat, win_row.transpose(0, 2, 1)).sum(axis=0)      # (O, 6C)
+        dy_t = dy_mat.transpose(0, 2, 1)  # dW transposed: the faster orientation here
+        grad_above = xp.matmul(win_above, dy_t).sum(axis=0)  # (3C, O)
+        grad_row = xp.matmul(win_row, dy_t).sum(axis=0)      # (6C, O)
         # dx: the products transposed, into the blocks' own layout (the
         # buffer is reused: x's blocks are no longer needed), then added back
         xp.matmul(row_t, dy_mat, out=win_row)
@@ -127,13 +128,13 @@ def phases_backward(dy, cache):
 
     per_image = (6 * c * (h2 + 1) * w2 + 3 * c * h2 * w2 + o * h2 * w2) * x.dtype.itemsize
     parts = parallel.map_chunks(one, parallel.batch_chunks(n, per_image), like=x)
-    grad_above = parallel.sum_in_order([p[0] for p in parts]).reshape(o, 3, c)
-    grad_row = parallel.sum_in_order([p[1] for p in parts]).reshape(o, 6, c)
+    grad_above = parallel.sum_in_order([p[0] for p in parts]).reshape(3, c, o)
+    grad_row = parallel.sum_in_order([p[1] for p in parts]).reshape(6, c, o)
     dw = xp.empty(weight.shape, dtype=dy.dtype)
     for k, (ky, kx) in enumerate(ROW_ABOVE_TAPS):
-        dw[:, :, ky, kx] = grad_above[:, k]
+        dw[:, :, ky, kx] = grad_above[k].T
     for k, (ky, kx) in enumerate(ROW_TAPS):
-        dw[:, :, ky, kx] = grad_row[:, k]
+        dw[:, :, ky, kx] = grad_row[k].T
     db = dy.sum(axis=(0, 2, 3)) if cache.has_bias else None
     return dx, dw, db
 

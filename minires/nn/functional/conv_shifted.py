@@ -28,6 +28,7 @@ from . import workspace
 from .conv_geometry import dx_as_conv_padding
 
 STACKED_WEIGHT_GRAD_TERMS = 64  # dW by kernel rows below kw*C terms (see _weight_grad_rows)
+FEW_PIXELS = 256  # ... and only with few pixels and output channels
 
 
 def _geometry(shape, kernel, pads, dilation):
@@ -88,13 +89,24 @@ def _products_by_kernel_row(xp, rows, w_rows, dil_h, w, out_mat):
 
 def _weight_grad_rows(xp, rows, dy_mat, kh, dil_h, w):
     """dW (O, C, kh, kw) of one chunk: sum over its images of dy @ slice^T.
-    By kernel rows, (O, HW) @ (HW, kw*C), when kw*C is small (3 and 16
-    channels: 1.1-1.2x faster on 2 cores), else one product per offset
-    (32 channels: 1.2x faster that way)."""
+
+    Three groupings of the same products, by shape (measured at batch 128 on
+    one core, docs/performance.md): by kernel rows and transposed,
+    slice @ dy^T (kw*C, O), for most shapes (1.1-1.6x faster); with few
+    output channels on small images (O <= 32, at most 256 pixels: a
+    ResNet-20's first two stages) the untransposed products, by kernel rows
+    when kw*C is small, else one per offset (1.1-1.5x faster there)."""
     m, kw, c, _ = rows.shape
     o, n_out = dy_mat.shape[1], dy_mat.shape[2]
+    stacked = rows.reshape(m, kw * c, -1)
+    if o > 32 or n_out > FEW_PIXELS:
+        grad = xp.empty((kh, kw * c, o), dtype=dy_mat.dtype)
+        dy_t = dy_mat.transpose(0, 2, 1)
+        for ky in range(kh):
+            window = stacked[:, :, ky * dil_h * w:ky * dil_h * w + n_out]
+            grad[ky] = xp.matmul(window, dy_t).sum(axis=0)
+        return grad.reshape(kh, kw, c, o).transpose(3, 2, 0, 1)
     if kw * c < STACKED_WEIGHT_GRAD_TERMS:
-        stacked = rows.reshape(m, kw * c, -1)
         grad = xp.empty((kh, o, kw * c), dtype=dy_mat.dtype)
         for ky in range(kh):
             window = stacked[:, :, ky * dil_h * w:ky * dil_h * w + n_out]
