@@ -5,8 +5,9 @@ reshape to (N, C, M) (M = 1, L or H*W), so one op serves both: statistics are
 per channel, over axes 0 and 2, n = N*M values each.
 
 Every pass runs in batch chunks on all cores, per-channel sums added in
-chunk order (the same bits on any thread count), over the contiguous axis 2
-first (pairwise, accurate in float32).  The cache keeps x itself, not the
+chunk order (the same bits on any thread count): within a chunk over its
+few images first (whole (C, M) slabs added, fast even for short rows), then
+along the contiguous axis 2 (pairwise, accurate in float32).  The cache keeps x itself, not the
 normalised copy: ``x - mean`` exists a chunk at a time.  Why:
 docs/performance.md.  The plain version: ``reference_ops.batch_norm_forward``.
 """
@@ -52,19 +53,30 @@ def _rows(v, m):
     return rows
 
 
+def _chunk_sum(a):
+    """Sum of a chunk (n, C, M) over n and M -> (C,): the chunk's images
+    first (whole slabs added: 1.2-2.3x faster than along M first when rows
+    are short, as 6x6 or 8x8 images), then along M (pairwise)."""
+    return a.sum(axis=0).sum(axis=1)
+
+
+def _chunk_dot(a, b):
+    """sum over n and M of a*b for a chunk -> (C,): one chunk-sized product,
+    summed as ``_chunk_sum``."""
+    xp = get_array_module(a)
+    return _chunk_sum(xp.multiply(a, b))
+
+
 def _channel_sum(a):
-    """Sum of a (N, C, M) array over N and M -> (C,): along the contiguous M
-    first (pairwise, accurate), then over the batch."""
-    return parallel.sum_in_order(parallel.map_chunks(lambda s: a[s].sum(axis=2).sum(axis=0),
-                                         parallel.batch_slices(a), like=a))
+    """Sum of a (N, C, M) array over N and M -> (C,), by batch chunks."""
+    return parallel.sum_in_order(parallel.map_chunks(lambda s: _chunk_sum(a[s]),
+                                                     parallel.batch_slices(a), like=a))
 
 
 def _channel_dot(a, b):
     """sum over N and M of a*b -> (C,), without an (N, C, M) temporary."""
-    xp = get_array_module(a)
-    return parallel.sum_in_order(parallel.map_chunks(
-        lambda s: xp.einsum("ncm,ncm->nc", a[s], b[s]).sum(axis=0),
-        parallel.batch_slices(a), like=a))
+    return parallel.sum_in_order(parallel.map_chunks(lambda s: _chunk_dot(a[s], b[s]),
+                                                     parallel.batch_slices(a), like=a))
 
 
 def _relu_in_place(y, mask):
@@ -109,14 +121,14 @@ def moments(x):
     """(count, mean, M2) per channel of x (N, C, M), in one pass over memory:
     each batch chunk's count, mean and centred sum of squares (two passes
     over the chunk while it is in the cache), combined in chunk order."""
-    xp = get_array_module(x)
 
     def one(s):
         xs = x[s]
         count = xs.shape[0] * xs.shape[2]
-        mean = xs.sum(axis=2).sum(axis=0) * (1.0 / count)
+        mean = _chunk_sum(xs) * (1.0 / count)
         centred = xs - _rows(mean, xs.shape[2])
-        return count, mean, xp.einsum("ncm,ncm->nc", centred, centred).sum(axis=0)
+        centred *= centred
+        return count, mean, _chunk_sum(centred)
 
     return combine_moments(parallel.map_chunks(one, parallel.batch_slices(x), like=x))
 
@@ -230,8 +242,9 @@ def batch_norm_backward(dy, cache, n=None, reduce_sums=None):
 
     def sums(s):  # sum(dy) and sum(dy * (x - mean)) of a chunk: one read of dy and x
         dys = dy_at(s)
-        return (dys.sum(axis=2).sum(axis=0),
-                xp.einsum("ncm,ncm->nc", dys, x[s] - mean_rows).sum(axis=0))
+        centred = x[s] - mean_rows
+        centred *= dys
+        return _chunk_sum(dys), _chunk_sum(centred)
 
     parts = parallel.map_chunks(sums, parallel.batch_slices(dy), like=dy)
     sum_dy = parallel.sum_in_order([p[0] for p in parts])      # = dbias, when there is a bias
