@@ -268,7 +268,8 @@ def main():
     res.update(budget_min=args.budget, seed=args.seed, finished=time.strftime("%Y-%m-%d %H:%M UTC",
                                                                               time.gmtime()))
     info = machine_info()
-    res["machine"] = {"cpu": info.get("cpu_model"), "usable_cores": info.get("usable_cores"),
+    res["machine"] = {"cpu": info.get("cpu_model"), "cpu_id": info.get("cpu_id"),
+                      "usable_cores": info.get("usable_cores"),
                       "blas": info.get("blas"), "env": info.get("env"),
                       "load_average_start": load_start, "load_average_end": list(os.getloadavg())}
     path = RESULTS_DIR / f"{args.results}.json"
@@ -293,7 +294,8 @@ def report(name, runs):
             f"| {key} | bs {c.get('batch_size')}, lr {c.get('lr')}, ema {c.get('ema')}, "
             f"tta {c.get('tta')} | {r['budget_min']:g} min | {f.get('total_steps')} | "
             f"{len(r['epochs'])} | {r['wall_s'] / 60:.2f} | {100 * r['wall_s'] / (60 * r['budget_min']):.1f}% | "
-            f"**{100 * r.get('final_test_acc', r['epochs'][-1]['test_acc']):.2f}%** | {m.get('cpu')}, {m.get('usable_cores')} cores "
+            f"**{100 * r.get('final_test_acc', r['epochs'][-1]['test_acc']):.2f}%** | {m.get('cpu')}"
+            f"{' (' + m['cpu_id'] + ')' if m.get('cpu_id') else ''}, {m.get('usable_cores')} cores "
             f"({m.get('load_average_start', [0])[0]:.2f}) | {blas} | {r.get('finished', '')} |")
     views = [(k, r["views"]) for k, r in sorted(runs.items()) if r.get("views")]
     if views:

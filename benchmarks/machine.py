@@ -24,6 +24,27 @@ def _cpu_model():
     return cpu_model()
 
 
+def _cpu_id():
+    """x86 family/model/stepping from /proc/cpuinfo (virtual machines often name
+    every AMD host "AMD EPYC": family 25 is Zen 3/4, 26 Zen 5), or None."""
+    fields = {}
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key in ("cpu family", "model", "stepping") and key not in fields:
+                    fields[key] = value.strip()
+                if not line.strip():  # the first processor's block is enough
+                    break
+    except OSError:
+        return None
+    if "cpu family" not in fields:
+        return None
+    return " ".join(f"{k.replace('cpu ', '')} {fields[k]}" for k in ("cpu family", "model", "stepping")
+                    if k in fields)
+
+
 def _usable_cores():
     try:
         return len(os.sched_getaffinity(0))
@@ -84,6 +105,7 @@ def machine_info():
     import numpy
     return {
         "cpu_model": _cpu_model(),
+        "cpu_id": _cpu_id(),
         "cpu_count": os.cpu_count(),
         "usable_cores": _usable_cores(),
         "platform": platform.platform(),
@@ -107,7 +129,8 @@ def machine_markdown(info):
     return "\n".join([
         "## Machine",
         "",
-        f"- CPU: {info['cpu_model']} ({info['usable_cores']} usable of {info['cpu_count']} cores)",
+        f"- CPU: {info['cpu_model']}{' (' + info['cpu_id'] + ')' if info.get('cpu_id') else ''} "
+        f"({info['usable_cores']} usable of {info['cpu_count']} cores)",
         f"- Python {info['python']}, numpy {info['numpy']}, torch {info['torch']}",
         f"- BLAS/threads: {blas}",
         f"- GPU: {info['gpu'] or 'none'}",
