@@ -1,4 +1,6 @@
 """Batch augmentation and normalisation, against per-image reference loops."""
+import re
+
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
@@ -36,6 +38,38 @@ def test_crop_at_matches_a_per_image_loop(n, h, w, c, padding, seed):
     out = crop_at(batch, offsets, padding)
     assert out.shape == batch.shape and out.dtype == np.uint8
     np.testing.assert_array_equal(out, _reference_crop(batch, offsets, padding))
+
+
+@settings(max_examples=20, deadline=None)
+@given(st.data())
+def test_crop_at_windows_match_a_per_image_loop(data):
+    """Windows smaller than the image (progressive resizing's crops), at every
+    corner the padded image allows, against slices cut one image at a time."""
+    n, h, w, c = (data.draw(st.integers(lo, hi), name)
+                  for name, lo, hi in (("n", 1, 12), ("h", 2, 9), ("w", 2, 9), ("c", 1, 4)))
+    padding = data.draw(st.integers(0, 3), "padding")
+    size = data.draw(st.integers(1, min(h, w) + 2 * padding), "size")
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**32 - 1), "seed"))
+    batch = _batch(rng, n, h, w, c)
+    offsets = np.stack([rng.integers(0, h + 2 * padding - size + 1, n),
+                        rng.integers(0, w + 2 * padding - size + 1, n)], axis=1)
+    out = crop_at(batch, offsets, padding, size)
+    padded = np.pad(batch, ((0, 0), (padding, padding), (padding, padding), (0, 0)))
+    expected = np.stack([padded[i, t:t + size, l:l + size] for i, (t, l) in enumerate(offsets)])
+    assert out.flags.c_contiguous
+    np.testing.assert_array_equal(out, expected)
+
+
+@pytest.mark.parametrize("offsets, what", [
+    ([[0, 0], [-1, 0]], "from -1"), ([[0, 0], [0, 9]], "to 9"), ([[0, 0]], "shape (1, 2)"),
+    ([[0.0, 0.0], [1.0, 1.0]], "dtype float64")])
+def test_crop_at_rejects_corners_outside_the_padded_image(offsets, what):
+    """A negative corner would wrap round to the far side (NumPy indexing) and
+    one past the last would fail deep inside NumPy: both are named here."""
+    batch = _batch(np.random.default_rng(0), 2)
+    with pytest.raises(ValueError, match=r"crop_at: expected \(2, 2\) whole-number corners from "
+                                         r"\(0, 0\) to \(8, 8\).*" + re.escape(what)):
+        crop_at(batch, np.array(offsets), 4)
 
 
 def test_random_crop_keeps_shape_and_takes_windows_of_the_padded_image():
