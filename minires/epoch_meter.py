@@ -64,13 +64,13 @@ class EpochMeter:
             self.bar.close()
             raise NonFiniteLoss(
                 f"the training loss became non-finite at epoch {t.epoch + 1}, step {t.step} "
-                f"(lr {t.opt.param_groups[0]['lr']:.4g}); the last good checkpoint is kept at "
+                f"(lr {t.step_lr:.4g}); the last good checkpoint is kept at "
                 f"{t.last_path}; try a lower --lr")
         now = time.perf_counter()
         self.bar.set_postfix(loss=f"{p.loss_sum / p.seen:.3f}", acc=f"{p.correct / p.seen:.3f}",
                              img_s=f"{(p.seen - self.seen_before) / (now - self.started):.0f}")
         t.notify("on_log_step", {
-            "step": t.step, "lr": t.opt.param_groups[0]["lr"], "train_loss": loss,
+            "step": t.step, "lr": t.step_lr, "train_loss": loss,
             "train_acc": acc, "images_per_s": count / (now - self.window_started)})
         self.window_started = now
         return votes

@@ -157,6 +157,7 @@ class Trainer:
             if elsewhere:
                 self.log(elsewhere)
         workers.after_setup(self)  # (MPI: every rank now holds rank 0's weights)
+        self.step_lr = self.opt.param_groups[0]["lr"]  # the lr of the step last taken
         if cfg.ema:
             self.ema = ModelEMA(self.model, cfg.ema)
             if state is not None and state.get("ema") is not None:
@@ -230,6 +231,10 @@ class Trainer:
         for i, (x, y) in enumerate(position.batches(loader), position.batch):
             if self.step >= cfg.fitted["total_steps"]:  # (a refit may move the end)
                 break
+            # the lr this step uses (logged): afterwards the optimiser holds the
+            # next step's, which past the last step is one-cycle's closed form just
+            # below zero, as torch's
+            self.step_lr = self.opt.param_groups[0]["lr"]
             loss, logits = self.workers.train_step(self, x, y, i)
             if self.ema is not None:
                 self.ema.update(self.model)
@@ -339,7 +344,7 @@ class Trainer:
             if final or (cfg.eval_every and (self.epoch + 1) % cfg.eval_every == 0):
                 vl, va = self._evaluate(final)
             self.epoch += 1
-            m = {"epoch": self.epoch, "step": self.step, "lr": self.opt.param_groups[0]["lr"],
+            m = {"epoch": self.epoch, "step": self.step, "lr": self.step_lr,
                  "train_loss": tl, "train_acc": ta, "test_loss": vl, "test_acc": va,
                  "images_per_s": ips, "elapsed_s": time.perf_counter() - t_start,
                  "loss_curve": self.loss_curve}

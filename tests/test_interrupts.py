@@ -258,7 +258,8 @@ def test_resume_override_of_the_lr_under_one_cycle_follows_the_new_peak(
     old, new = torch_one_cycle(0.05), torch_one_cycle(0.2)
     rows = [json.loads(line) for line in open(os.path.join(out, "metrics.jsonl"))]
     assert [r["step"] for r in rows] == [60, 120, 180]
-    assert rows[0]["lr"] == pytest.approx(old[60], rel=1e-12)  # before the override
+    # each row logs the lr its last step used: after step s - 1 of the schedule
+    assert rows[0]["lr"] == pytest.approx(old[59], rel=1e-12)  # before the override
     for r in rows[1:]:  # after it: the new peak's curve, from the step it resumed at
-        assert r["lr"] == pytest.approx(new[r["step"]], rel=1e-12)
-        assert r["lr"] != pytest.approx(old[r["step"]], rel=1e-3)
+        assert r["lr"] == pytest.approx(new[r["step"] - 1], rel=1e-12)
+        assert r["lr"] != pytest.approx(old[r["step"] - 1], rel=1e-3)

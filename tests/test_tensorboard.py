@@ -78,15 +78,16 @@ def test_step_scalars_follow_the_schedule_and_the_loss_curve(logged_run):
     # the training loss of each logged window is metrics.jsonl's loss_curve
     curve = [v for r in rows for v in r["loss_curve"]]
     assert _scalars(acc, "step/train_loss") == [(s, f32(v)) for s, v in zip(LOGGED, curve)]
-    # the lr at each logged step: the schedule itself, stepped that many times
+    # the lr at each logged step: the one that step used, the schedule itself
+    # stepped one time fewer
     cfg = TrainConfig(**{k: v for k, v in json.load(open(os.path.join(out, "config.json"))).items()
                          if k != "fitted"})
     opt = optim.SGD([nn.Parameter(np.zeros(1, np.float32))], lr=cfg.lr)
     sched = build_schedule(opt, cfg, 2 * STEPS_PER_EPOCH, STEPS_PER_EPOCH)
     expected = {}
     for step in range(1, 2 * STEPS_PER_EPOCH + 1):
-        sched.step()
         expected[step] = opt.param_groups[0]["lr"]
+        sched.step()
     lrs = _scalars(acc, "step/lr")
     assert lrs == [(s, f32(expected[s])) for s in LOGGED]
     assert len({v for _, v in lrs}) == len(LOGGED)  # one-cycle: it does move
