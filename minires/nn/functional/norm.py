@@ -7,9 +7,10 @@ per channel, over axes 0 and 2, n = N*M values each.
 Every pass runs in batch chunks on all cores, per-channel sums added in
 chunk order (the same bits on any thread count): within a chunk over its
 few images first (whole (C, M) slabs added, fast even for short rows), then
-along the contiguous axis 2 (pairwise, accurate in float32).  The cache keeps x itself, not the
-normalised copy: ``x - mean`` exists a chunk at a time.  Why:
-docs/performance.md.  The plain version: ``reference_ops.batch_norm_forward``.
+along the contiguous axis 2 (pairwise, accurate in float32).  The cache
+keeps x itself, not the normalised copy: ``x - mean`` exists a chunk at a
+time.  Why: docs/performance.md.  The plain version:
+``reference_ops.batch_norm_forward``.
 """
 from collections import namedtuple
 
