@@ -25,24 +25,8 @@ def _cpu_model():
 
 
 def _cpu_id():
-    """x86 family/model/stepping from /proc/cpuinfo (virtual machines often name
-    every AMD host "AMD EPYC": family 25 is Zen 3/4, 26 Zen 5), or None."""
-    fields = {}
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                key, _, value = line.partition(":")
-                key = key.strip()
-                if key in ("cpu family", "model", "stepping") and key not in fields:
-                    fields[key] = value.strip()
-                if not line.strip():  # the first processor's block is enough
-                    break
-    except OSError:
-        return None
-    if "cpu family" not in fields:
-        return None
-    return " ".join(f"{k.replace('cpu ', '')} {fields[k]}" for k in ("cpu family", "model", "stepping")
-                    if k in fields)
+    from minires.sysinfo import cpu_id
+    return cpu_id()
 
 
 def _usable_cores():

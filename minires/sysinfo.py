@@ -32,27 +32,40 @@ LEVEL_NAMES = {1: "SSE", 2: "AVX", 3: "AVX2", 4: "AVX-512"}
 BLAS_VARIABLES = ("OPENBLAS_CORETYPE", "OPENBLAS_L2_SIZE")
 
 
-def cpu_flags():
-    """The CPU's feature flags (Linux /proc/cpuinfo), else an empty set."""
+def _cpuinfo():
+    """The first processor's fields in Linux's /proc/cpuinfo ("flags",
+    "model name", "cpu family", ...), else an empty dict."""
+    fields = {}
     try:
         with open("/proc/cpuinfo") as f:
             for line in f:
-                if line.startswith("flags"):
-                    return set(line.split(":", 1)[1].split())
+                if not line.strip():  # the end of the first processor's block
+                    break
+                key, _, value = line.partition(":")
+                fields.setdefault(key.strip().lower(), value.strip())
     except OSError:
         pass
-    return set()
+    return fields
+
+
+def cpu_flags():
+    """The CPU's feature flags (Linux /proc/cpuinfo), else an empty set."""
+    return set(_cpuinfo().get("flags", "").split())
 
 
 def cpu_model():
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.lower().startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+    """The CPU's model name, else what ``platform`` knows."""
+    return _cpuinfo().get("model name") or platform.processor() or platform.machine()
+
+
+def cpu_id():
+    """x86 "family F model M stepping S" (virtual machines often name every
+    AMD host "AMD EPYC": family 25 is Zen 3/4, 26 Zen 5), else None."""
+    fields = _cpuinfo()
+    if "cpu family" not in fields:
+        return None
+    return " ".join(f"{k.replace('cpu ', '')} {fields[k]}" for k in ("cpu family", "model", "stepping")
+                    if k in fields)
 
 
 def cpu_level(flags=None):

@@ -32,6 +32,8 @@ from . import workspace
 # kernel taps (ky, kx) of each block, for the row above (blocks 1-3) and the row itself (0-5)
 ROW_ABOVE_TAPS = ((0, 0), (0, 1), (0, 2))
 ROW_TAPS = ((1, 0), (2, 0), (2, 1), (2, 2), (1, 1), (1, 2))
+# the phase (p, q) each unshifted block holds: x[:, :, p::2, q::2]
+UNSHIFTED_PHASES = ((2, (1, 0)), (3, (1, 1)), (4, (0, 0)), (5, (0, 1)))
 
 
 def applies(x_shape, weight_shape, stride, pads, dilation, groups):
@@ -49,7 +51,7 @@ def _phase_blocks(xp, x):
     blocks = workspace.borrow(xp, (m, 6, c, (h2 + 1) * w2), x.dtype)
     grid = blocks.reshape(m, 6, c, h2 + 1, w2)
     grid[:, :, :, 0] = 0  # the row above the first (the padding)
-    for block, (p, q) in ((2, (1, 0)), (3, (1, 1)), (4, (0, 0)), (5, (0, 1))):
+    for block, (p, q) in UNSHIFTED_PHASES:
         grid[:, block, :, 1:] = x[:, :, p::2, q::2]
     # blocks 0 and 1 are blocks 5 and 3 one column to the right (j = ox-1):
     # a flat shift by one, then each row's first column zeroed
@@ -150,5 +152,5 @@ def _blocks_to_image(d_blocks, dx):
     grid[:, 0:2, :, :, 0] = 0
     flat = d_blocks.reshape(m, 6, c, -1)
     flat[:, 5:2:-2, :, w2:-1] += flat[:, 0:2, :, w2 + 1:]
-    for block, (p, q) in ((2, (1, 0)), (3, (1, 1)), (4, (0, 0)), (5, (0, 1))):
+    for block, (p, q) in UNSHIFTED_PHASES:
         dx[:, :, p::2, q::2] = grid[:, block, :, 1:]
